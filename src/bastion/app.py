@@ -1,0 +1,141 @@
+"""Composition of the ASGI application: identity provider endpoints + the Orders API."""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bastion.config import Settings
+from bastion.oauth import pages
+from bastion.oauth.authorize import authorize_endpoint
+from bastion.oauth.provider import Provider
+from bastion.oauth.rfc7009 import revocation_endpoint
+from bastion.oauth.rfc7662 import introspection_endpoint
+from bastion.oauth.rfc8414 import metadata_endpoint
+from bastion.oauth.token import TokenEndpoint, default_grants
+from bastion.oidc.discovery import discovery_endpoint, jwks_endpoint
+from bastion.oidc.logout import logout_endpoint
+from bastion.oidc.userinfo import userinfo_endpoint
+from bastion.orders.api import OrdersAPI
+from bastion.tokens.starlette import BearerAuthMiddleware
+
+access_log = logging.getLogger("bastion.access")
+
+
+class AccessLog:
+    """Pure ASGI access log: method, path without the query string (which may carry codes
+    or state), status and duration. Never headers or bodies."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            if access_log.isEnabledFor(logging.INFO):
+                client = scope.get("client") or ("-", 0)
+                access_log.info("%s %s %s %d %.1fms", client[0], scope["method"],
+                                scope["path"][:200], status,
+                                (time.perf_counter() - start) * 1000)
+
+
+async def healthz(provider: Provider, request: Request) -> Response:
+    del request
+    return JSONResponse({"status": "ok", "issuer": provider.issuer_url})
+
+
+def build_app(provider: Provider, *, demo: bool = False) -> Starlette:
+    grants = default_grants()
+    grant_names = [g.grant_type for g in grants]
+    p = provider
+    bearer = [Middleware(BearerAuthMiddleware, verifier=p.verifier)]
+    orders = OrdersAPI(p.sessions)
+    routes = [
+        Route("/healthz", partial(healthz, p), methods=["GET"]),
+        Route("/.well-known/openid-configuration", partial(discovery_endpoint, p, grant_names),
+              methods=["GET"]),
+        Route("/.well-known/oauth-authorization-server",
+              partial(metadata_endpoint, p, grant_names), methods=["GET"]),
+        Route("/jwks.json", partial(jwks_endpoint, p), methods=["GET"]),
+        Route("/authorize", partial(authorize_endpoint, p), methods=["GET", "POST"]),
+        Route("/login", partial(pages.login_page, p), methods=["GET"]),
+        Route("/login", partial(pages.login_submit, p), methods=["POST"]),
+        Route("/login/mfa", partial(pages.mfa_page, p), methods=["GET"]),
+        Route("/login/mfa", partial(pages.mfa_submit, p), methods=["POST"]),
+        Route("/consent", partial(pages.consent_page, p), methods=["GET"]),
+        Route("/consent", partial(pages.consent_submit, p), methods=["POST"]),
+        Route("/token", TokenEndpoint(p, grants).handle, methods=["POST"]),
+        Route("/revoke", partial(revocation_endpoint, p), methods=["POST"]),
+        Route("/introspect", partial(introspection_endpoint, p), methods=["POST"]),
+        Route("/userinfo", partial(userinfo_endpoint, p), methods=["GET", "POST"],
+              middleware=bearer),
+        Route("/logout", partial(logout_endpoint, p), methods=["GET", "POST"]),
+        Route("/orders", orders.list_orders, methods=["GET"], middleware=bearer),
+        Route("/orders", orders.create_order, methods=["POST"], middleware=bearer),
+        Route("/orders/{order_id}", orders.get_order, methods=["GET"], middleware=bearer),
+    ]
+    if demo:
+        from bastion.demo import callback_page
+
+        routes.append(Route("/demo/callback", callback_page, methods=["GET"]))
+    return Starlette(routes=routes, middleware=[Middleware(AccessLog)])
+
+
+class BastionServer:
+    """The served ASGI application. State is opened at lifespan startup, on the server's
+    event loop, then every request goes straight to the composed app."""
+
+    def __init__(self, settings: Settings, *, demo: bool = False) -> None:
+        self.settings = settings
+        self.demo = demo
+        self.provider: Provider | None = None
+        self.app: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if self.app is None:
+            raise RuntimeError("lifespan startup has not run")
+        await self.app(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        from bastion.runtime import open_provider
+
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    self.provider = await open_provider(self.settings)
+                except Exception as exc:  # reported by the server, which then exits
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                self.provider.start_background()
+                self.app = build_app(self.provider, demo=self.demo)
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.provider is not None:
+                    await self.provider.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return

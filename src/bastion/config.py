@@ -1,0 +1,167 @@
+"""Settings: one typed object, read from ``BASTION_*`` variables and an optional TOML file.
+
+Every default lives here, each with its meaning. Precedence (highest first): explicit keyword
+arguments (CLI flags), environment variables, the TOML file named by ``BASTION_CONFIG``,
+then the defaults below. Unknown keys are an error.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+SigningAlg = Literal["ES256", "RS256", "EdDSA"]
+
+
+class ConfigError(Exception):
+    """Settings could not be loaded; the message is meant for the operator."""
+
+
+class Settings(BaseSettings):
+    """Bastion's settings. Field docs are the reference (``docs/configuration.md``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BASTION_", extra="forbid", validate_default=True, frozen=True
+    )
+
+    # --- where state lives -------------------------------------------------------------
+    data_dir: Path = Field(Path("bastion-data"), description="Directory for the SQLite "
+                           "database and the key-encryption key file (created 0700).")
+    database_url: str | None = Field(None, description="SQLAlchemy async URL, e.g. "
+                                     "postgresql+asyncpg://user@host/db. Default: SQLite "
+                                     "file bastion.db in data_dir.")
+    redis_url: str | None = Field(None, description="Redis URL for short-lived shared state "
+                                  "(throttling, pending requests, denylist). Default: memory.")
+
+    # --- serving -----------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8443, ge=0, le=65535, description="Port to listen on.")
+    issuer: str | None = Field(None, description="Issuer URL (iss). Default: the address "
+                               "served, https://host:port (http:// with dev).")
+    dev: bool = Field(False, description="Allow plain HTTP, on loopback addresses only.")
+    tls_cert: Path | None = Field(None, description="PEM certificate chain for HTTPS.")
+    tls_key: Path | None = Field(None, description="PEM private key for HTTPS.")
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest request body "
+                                "accepted by the identity provider endpoints (413 beyond).")
+
+    # --- tokens ------------------------------------------------------------------------
+    signing_alg: SigningAlg = Field("ES256", description="Algorithm of new signing keys.")
+    access_token_ttl: int = Field(900, ge=30, le=86400, description="Access token lifetime, "
+                                  "seconds.")
+    id_token_ttl: int = Field(3600, ge=30, le=86400, description="ID token lifetime, seconds.")
+    refresh_token_ttl: int = Field(30 * 86400, ge=60, description="Refresh token family "
+                                   "absolute lifetime, seconds.")
+    refresh_grace_seconds: int = Field(10, ge=0, le=300, description="A rotated refresh token "
+                                       "presented again by the same client within this window "
+                                       "gets fresh tokens instead of revoking the family "
+                                       "(concurrent refreshes).")
+    code_ttl: int = Field(60, ge=10, le=600, description="Authorization code lifetime, seconds "
+                          "(RFC 9700 recommends short; capped at 600).")
+    key_refresh_interval: float = Field(2.0, gt=0, le=60, description="How often a running "
+                                        "server re-reads signing keys (sees CLI rotations).")
+    client_cache_ttl: float = Field(2.0, ge=0, le=60, description="Seconds a client record "
+                                    "is cached in memory by the token endpoint.")
+
+    # --- sessions and login ------------------------------------------------------------
+    session_ttl: int = Field(8 * 3600, ge=60, description="Login session lifetime, seconds.")
+    pending_request_ttl: int = Field(600, ge=60, le=3600, description="How long a user has to "
+                                     "log in and consent, seconds.")
+    login_max_failures_account: int = Field(5, ge=1, description="Failures per account before "
+                                            "backoff starts.")
+    login_max_failures_ip: int = Field(20, ge=1, description="Failures per client IP before "
+                                       "backoff starts.")
+    login_backoff_base: float = Field(1.0, gt=0, description="First backoff, seconds; doubles "
+                                      "with each further failure.")
+    login_backoff_max: float = Field(900.0, gt=0, description="Longest backoff, seconds.")
+    login_failure_window: int = Field(900, ge=60, description="Seconds failures are counted.")
+
+    # --- housekeeping ------------------------------------------------------------------
+    purge_interval: float = Field(60.0, gt=0, description="Seconds between purges of "
+                                  "expired codes, tokens and sessions.")
+    admin_password: SecretStr | None = Field(None, description="Initial admin password; "
+                                             "generated and printed once when unset.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = os.environ.get("BASTION_CONFIG")
+        if path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
+        return tuple(sources)
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_shape(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith(("https://", "http://")) or "?" in v or "#" in v:
+            # RFC 8414 §2: https URL with no query or fragment
+            raise ValueError("issuer must be an http(s) URL without query or fragment")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _tls_rules(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        return self
+
+    # --- derived -----------------------------------------------------------------------
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'bastion.db'}"
+
+    @property
+    def effective_issuer(self) -> str:
+        if self.issuer:
+            return self.issuer
+        scheme = "https" if self.tls else "http"
+        host = "localhost" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{self.port}"
+
+    @property
+    def max_jwt_ttl(self) -> int:
+        """Longest lifetime of anything a signing key signs (retired keys stay this long)."""
+        return max(self.access_token_ttl, self.id_token_ttl)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning validation errors into one readable ``ConfigError``."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    path = os.environ.get("BASTION_CONFIG")
+    if path and not Path(path).is_file():
+        raise ConfigError(f"BASTION_CONFIG: no such file: {path}")
+    try:
+        return Settings(**clean)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "settings"
+            lines.append(f"  {loc}: {err['msg']}")
+        raise ConfigError("invalid settings:\n" + "\n".join(lines)) from None
+    except (tomllib.TOMLDecodeError, OSError) as exc:
+        raise ConfigError(f"cannot read BASTION_CONFIG: {exc}") from None

@@ -1,0 +1,1 @@
+"""Users, groups, OAuth clients, passwords, login throttling and TOTP."""

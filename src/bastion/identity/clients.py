@@ -1,0 +1,156 @@
+"""OAuth clients: registration rules, secrets (256 random bits, stored as keyed SHA-256).
+
+A keyed hash is right for generated high-entropy secrets: a slow hash buys nothing against
+guessing 256 bits and would cap the token endpoint's throughput.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bastion.identity.users import IdentityError
+from bastion.kms import KeyWrapper
+from bastion.store.models import Client
+
+GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
+SCOPE_TOKEN_RE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,128}$")  # RFC 6749 §3.3 scope-token
+CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
+_SECRET_PURPOSE = "client-secret"  # noqa: S105 — a label, not a secret
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """An immutable view of a client, safe to cache."""
+
+    client_id: str
+    name: str
+    secret_hash: str | None
+    auth_method: str
+    redirect_uris: tuple[str, ...]
+    post_logout_redirect_uris: tuple[str, ...]
+    grant_types: frozenset[str]
+    scopes: frozenset[str]
+    roles: tuple[str, ...]
+    jwks: dict[str, Any] | None
+
+    @property
+    def public(self) -> bool:
+        return self.auth_method == "none"
+
+    @classmethod
+    def of(cls, c: Client) -> ClientInfo:
+        return cls(c.client_id, c.name, c.secret_hash, c.auth_method, tuple(c.redirect_uris),
+                   tuple(c.post_logout_redirect_uris), frozenset(c.grant_types),
+                   frozenset(c.scopes), tuple(c.roles), c.jwks)
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_redirect_uri(uri: str) -> str:
+    """RFC 9700 §2.1 / RFC 8252: absolute, no fragment; https, or http on loopback only,
+    or a private-use scheme (reverse domain name) for native apps."""
+    parts = urlsplit(uri)
+    if not parts.scheme or parts.fragment or "#" in uri or len(uri) > 2000:
+        raise IdentityError(f"invalid redirect URI: {uri!r}")
+    if parts.scheme == "https" and parts.netloc:
+        return uri
+    if parts.scheme == "http" and is_loopback_host(parts.hostname):
+        return uri
+    if parts.scheme not in ("http", "https", "javascript", "data", "file") and "." in parts.scheme:
+        return uri
+    raise IdentityError(f"redirect URI must be https, http on loopback, or a private-use "
+                        f"scheme: {uri!r}")
+
+
+def check_scopes(scopes: list[str]) -> list[str]:
+    for s in scopes:
+        if not SCOPE_TOKEN_RE.match(s):
+            raise IdentityError(f"invalid scope: {s!r}")
+    return sorted(set(scopes))
+
+
+def secret_hash(wrapper: KeyWrapper, secret: str) -> str:
+    return wrapper.keyed_hash(secret, _SECRET_PURPOSE)
+
+
+def secret_matches(wrapper: KeyWrapper, client: ClientInfo, presented: str) -> bool:
+    if client.secret_hash is None:
+        return False
+    return hmac.compare_digest(secret_hash(wrapper, presented), client.secret_hash)
+
+
+async def create_client(db: AsyncSession, wrapper: KeyWrapper, *, name: str,
+                        redirect_uris: list[str], public: bool = False,
+                        scopes: list[str] | None = None, grant_types: list[str] | None = None,
+                        auth_method: str | None = None, roles: list[str] | None = None,
+                        jwks: dict[str, Any] | None = None,
+                        post_logout_redirect_uris: list[str] | None = None,
+                        client_id: str | None = None) -> tuple[Client, str | None]:
+    """Register a client; returns it with its secret (shown once; None for public clients)."""
+    grant_types = sorted(set(grant_types or ["authorization_code", "refresh_token"]))
+    for g in grant_types:
+        if g not in GRANT_TYPES:
+            raise IdentityError(f"unsupported grant type: {g!r} "
+                                f"(allowed: {', '.join(GRANT_TYPES)})")
+    method = auth_method or ("none" if public else
+                             "private_key_jwt" if jwks else "client_secret_basic")
+    if method not in AUTH_METHODS:
+        raise IdentityError(f"unsupported token_endpoint_auth_method: {method!r}")
+    if public != (method == "none"):
+        raise IdentityError("public clients authenticate with 'none', and only they do")
+    if public and "client_credentials" in grant_types:
+        raise IdentityError("a public client cannot use client_credentials")
+    if method == "private_key_jwt" and not (jwks and isinstance(jwks.get("keys"), list)):
+        raise IdentityError("private_key_jwt needs a JWKS with the client's public keys")
+    if "authorization_code" in grant_types and not redirect_uris:
+        raise IdentityError("authorization_code needs at least one redirect URI")
+    uris = [check_redirect_uri(u) for u in redirect_uris]
+    logout_uris = [check_redirect_uri(u) for u in post_logout_redirect_uris or []]
+    cid = client_id or secrets.token_urlsafe(16)
+    if not CLIENT_ID_RE.match(cid):
+        raise IdentityError("client_id must be 1-128 unreserved characters")
+    if await db.get(Client, cid) is not None:
+        raise IdentityError(f"client {cid!r} already exists")
+    secret = None if method in ("none", "private_key_jwt") else secrets.token_urlsafe(32)
+    client = Client(
+        client_id=cid, name=name[:256],
+        secret_hash=secret_hash(wrapper, secret) if secret else None,
+        auth_method=method, redirect_uris=uris, post_logout_redirect_uris=logout_uris,
+        grant_types=grant_types,
+        scopes=check_scopes(scopes if scopes is not None else ["openid", "profile", "email"]),
+        roles=sorted(set(roles or [])), jwks=jwks, created_at=int(time.time()),
+    )
+    db.add(client)
+    await db.flush()
+    return client, secret
+
+
+async def get_client(db: AsyncSession, client_id: str) -> ClientInfo | None:
+    if not CLIENT_ID_RE.match(client_id):
+        return None
+    row = await db.get(Client, client_id)
+    return ClientInfo.of(row) if row else None
+
+
+async def list_clients(db: AsyncSession) -> list[Client]:
+    return list((await db.scalars(select(Client).order_by(Client.created_at))).all())

@@ -1,0 +1,88 @@
+"""Users and groups: creation, lookup and effective roles (own roles ∪ groups' roles)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bastion.identity.passwords import hash_password
+from bastion.store.models import Group, GroupMember, User
+
+USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+ROLE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._/*-]{0,127}$")
+
+
+class IdentityError(ValueError):
+    """A request to change identities was refused; the message is safe to show."""
+
+
+def check_roles(roles: list[str]) -> list[str]:
+    for role in roles:
+        if not ROLE_RE.match(role):
+            raise IdentityError(f"invalid role name: {role!r}")
+    return sorted(set(roles))
+
+
+async def create_user(db: AsyncSession, username: str, password: str, *,
+                      roles: list[str] = (), name: str | None = None,  # type: ignore[assignment]
+                      email: str | None = None) -> User:
+    if not USERNAME_RE.match(username):
+        raise IdentityError("username must be 1-128 characters of letters, digits, . _ @ -")
+    if await get_user_by_name(db, username) is not None:
+        raise IdentityError(f"user {username!r} already exists")
+    try:
+        pw_hash = hash_password(password)
+    except ValueError as exc:
+        raise IdentityError(str(exc)) from None
+    user = User(id=secrets.token_hex(12), username=username, password_hash=pw_hash,
+                name=name, email=email, roles=check_roles(list(roles)), totp_secret=None,
+                disabled=False, created_at=int(time.time()))
+    db.add(user)
+    await db.flush()
+    return user
+
+
+async def get_user_by_name(db: AsyncSession, username: str) -> User | None:
+    return await db.scalar(select(User).where(User.username == username))
+
+
+async def get_user(db: AsyncSession, user_id: str) -> User | None:
+    return await db.get(User, user_id)
+
+
+async def list_users(db: AsyncSession) -> list[User]:
+    return list((await db.scalars(select(User).order_by(User.username))).all())
+
+
+async def effective_roles(db: AsyncSession, user: User) -> set[str]:
+    rows = await db.scalars(select(Group.roles).join(GroupMember,
+                                                     GroupMember.group_id == Group.id)
+                            .where(GroupMember.user_id == user.id))
+    roles = set(user.roles)
+    for group_roles in rows:
+        roles.update(group_roles)
+    return roles
+
+
+async def create_group(db: AsyncSession, name: str, roles: list[str]) -> Group:
+    if not USERNAME_RE.match(name):
+        raise IdentityError("invalid group name")
+    if await db.scalar(select(Group).where(Group.name == name)) is not None:
+        raise IdentityError(f"group {name!r} already exists")
+    group = Group(id=secrets.token_hex(12), name=name, roles=check_roles(roles),
+                  created_at=int(time.time()))
+    db.add(group)
+    await db.flush()
+    return group
+
+
+async def add_member(db: AsyncSession, group_name: str, username: str) -> None:
+    group = await db.scalar(select(Group).where(Group.name == group_name))
+    user = await get_user_by_name(db, username)
+    if group is None or user is None:
+        raise IdentityError("no such group or user")
+    await db.merge(GroupMember(group_id=group.id, user_id=user.id))

@@ -1,0 +1,1 @@
+"""Grant handlers walked by the token endpoint; each owns one ``grant_type``."""

@@ -1,0 +1,267 @@
+"""HTML login, second-factor and consent pages: server-rendered, no JavaScript needed,
+CSRF-protected, never framed (RFC 9700 §4.16 clickjacking: frame-ancestors 'none')."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy import select
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from bastion.identity import totp
+from bastion.identity.passwords import verify_password
+from bastion.identity.users import get_user_by_name
+from bastion.kms import UnwrapError
+from bastion.oauth import errors
+from bastion.oauth.authorize import (
+    PendingRequest,
+    RedirectError,
+    error_redirect,
+    issue_code,
+    load_pending,
+    resume,
+    save_pending,
+)
+from bastion.oauth.params import form_params, query_params
+from bastion.oauth.provider import Provider
+from bastion.oauth.sessions import (
+    BROWSER_COOKIE,
+    SESSION_COOKIE,
+    create_session,
+    csrf_ok,
+    csrf_token,
+    load_session,
+    read_cookie,
+    set_cookie,
+)
+from bastion.store.models import Consent, User
+
+_ENV = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
+                   autoescape=select_autoescape(default=True))
+
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+SCOPE_TEXT = {
+    "openid": "Confirm your identity",
+    "profile": "See your name and username",
+    "email": "See your email address",
+    "offline_access": "Stay signed in (keep access when you are away)",
+    "order:view": "View your orders",
+    "order:create": "Place orders for you",
+}
+
+
+def render(template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+    html = _ENV.get_template(template).render(**ctx)
+    return HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
+
+
+def error_page(message: str, status: int = 400, title: str = "Request refused") -> HTMLResponse:
+    return render("error.html", status, title=title, message=message)
+
+
+def _expired() -> HTMLResponse:
+    return error_page("Your sign-in request has expired or was started in another browser.",
+                      400, "Sign-in expired")
+
+
+def _browser(request: Request, provider: Provider) -> str | None:
+    return read_cookie(request, BROWSER_COOKIE, provider.secure_cookies)
+
+
+def _client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def _client_name(provider: Provider, req: PendingRequest) -> str:
+    client = await provider.client(req.client_id)
+    return client.name if client else req.client_id
+
+
+async def _login_form(provider: Provider, req: PendingRequest, browser: str, *,
+                      message: str | None = None, username: str = "",
+                      status: int = 200) -> HTMLResponse:
+    return render("login.html", status, title="Sign in", request_id=req.id,
+                  csrf=csrf_token(browser, req.id), client_name=await _client_name(provider, req),
+                  message=message, username=username)
+
+
+async def _signed_in(request: Request, provider: Provider, req: PendingRequest,
+                     user: User, amr: list[str]) -> Response:
+    async with provider.sessions.begin() as db:
+        raw, _ = await create_session(db, user.id, amr, provider.settings.session_ttl)
+    # the new cookie is not on this request yet: resume against a request that carries it
+    request.cookies[_cookie(provider, SESSION_COOKIE)] = raw
+    try:
+        response = await resume(request, provider, req)
+    except RedirectError as exc:
+        response = error_redirect(provider, exc)
+    set_cookie(response, SESSION_COOKIE, raw, secure=provider.secure_cookies,
+               max_age=provider.settings.session_ttl)
+    return response
+
+
+def _cookie(provider: Provider, base: str) -> str:
+    from bastion.oauth.sessions import cookie_name
+
+    return cookie_name(base, provider.secure_cookies)
+
+
+async def login_page(provider: Provider, request: Request) -> Response:
+    browser = _browser(request, provider)
+    try:
+        params = query_params(request)
+    except errors.OAuthError:
+        return error_page("Malformed request.")
+    req = await load_pending(provider, params.get("r"), browser)
+    if req is None or browser is None:
+        return _expired()
+    return await _login_form(provider, req, browser)
+
+
+async def login_submit(provider: Provider, request: Request) -> Response:
+    browser = _browser(request, provider)
+    try:
+        form = await form_params(request, provider.settings.max_body_bytes)
+    except errors.PayloadTooLarge:
+        return error_page("The request is too large.", 413)
+    except errors.OAuthError:
+        return error_page("Malformed request.")
+    req = await load_pending(provider, form.get("r"), browser)
+    if req is None or browser is None:
+        return _expired()
+    if not csrf_ok(browser, req.id, form.get("csrf")):
+        return error_page("The form could not be verified. Please try again.", 403)
+    username = form.get("username", "")[:128]
+    password = form.get("password", "")
+    ip = _client_ip(request)
+    wait = await provider.throttle.retry_after(username, ip)
+    if wait > 0:
+        return await _login_form(provider, req, browser, username=username, status=429,
+                                 message=f"Too many attempts. Try again in {int(wait) + 1} "
+                                         "seconds.")
+    async with provider.sessions() as db:
+        user = await get_user_by_name(db, username) if username else None
+    ok = await verify_password(user.password_hash if user else None, password)
+    if not ok or user is None or user.disabled:
+        await provider.throttle.failure(username, ip)
+        # identical answer for unknown users, wrong passwords and disabled accounts
+        return await _login_form(provider, req, browser, username=username, status=401,
+                                 message="Invalid username or password.")
+    await provider.throttle.success(username)
+    if user.totp_secret is not None:
+        req.user_id, req.amr = user.id, ["pwd"]
+        await save_pending(provider, req)
+        return RedirectResponse(f"/login/mfa?r={req.id}", status_code=303)
+    return await _signed_in(request, provider, req, user, ["pwd"])
+
+
+async def _mfa_form(req: PendingRequest, browser: str, message: str | None = None,
+                    status: int = 200) -> HTMLResponse:
+    return render("mfa.html", status, title="Verify", request_id=req.id,
+                  csrf=csrf_token(browser, req.id), message=message)
+
+
+async def mfa_page(provider: Provider, request: Request) -> Response:
+    browser = _browser(request, provider)
+    try:
+        params = query_params(request)
+    except errors.OAuthError:
+        return error_page("Malformed request.")
+    req = await load_pending(provider, params.get("r"), browser)
+    if req is None or browser is None or req.user_id is None:
+        return _expired()
+    return await _mfa_form(req, browser)
+
+
+async def mfa_submit(provider: Provider, request: Request) -> Response:
+    browser = _browser(request, provider)
+    try:
+        form = await form_params(request, provider.settings.max_body_bytes)
+    except errors.OAuthError:
+        return error_page("Malformed request.")
+    req = await load_pending(provider, form.get("r"), browser)
+    if req is None or browser is None or req.user_id is None:
+        return _expired()
+    if not csrf_ok(browser, req.id, form.get("csrf")):
+        return error_page("The form could not be verified. Please try again.", 403)
+    async with provider.sessions() as db:
+        user = await db.get(User, req.user_id)
+    if user is None or user.totp_secret is None or user.disabled:
+        return _expired()
+    ip = _client_ip(request)
+    if await provider.throttle.retry_after(user.username, ip) > 0:
+        return await _mfa_form(req, browser, "Too many attempts. Try again later.", 429)
+    try:
+        secret = provider.wrapper.unwrap(user.totp_secret, "totp").decode()
+    except UnwrapError:
+        return error_page("Two-step verification is unavailable for this account.", 500)
+    if not await totp.verify_code(secret, form.get("code", ""), user.id, provider.kv):
+        await provider.throttle.failure(user.username, ip)
+        return await _mfa_form(req, browser, "That code is not valid.", 401)
+    await provider.throttle.success(user.username)
+    return await _signed_in(request, provider, req, user, ["pwd", "otp", "mfa"])
+
+
+async def consent_page(provider: Provider, request: Request) -> Response:
+    browser = _browser(request, provider)
+    try:
+        params = query_params(request)
+    except errors.OAuthError:
+        return error_page("Malformed request.")
+    req = await load_pending(provider, params.get("r"), browser)
+    if req is None or browser is None:
+        return _expired()
+    async with provider.sessions() as db:
+        session = await load_session(db, read_cookie(request, SESSION_COOKIE,
+                                                     provider.secure_cookies))
+        user = await db.get(User, session.user_id) if session else None
+    if session is None or user is None:
+        return RedirectResponse(f"/login?r={req.id}", status_code=303)
+    scopes = [{"name": s, "text": SCOPE_TEXT.get(s, s)} for s in req.scopes]
+    return render("consent.html", title="Consent", request_id=req.id,
+                  csrf=csrf_token(browser, req.id), client_name=await _client_name(provider, req),
+                  scopes=scopes, username=user.username)
+
+
+async def consent_submit(provider: Provider, request: Request) -> Response:
+    browser = _browser(request, provider)
+    try:
+        form = await form_params(request, provider.settings.max_body_bytes)
+    except errors.OAuthError:
+        return error_page("Malformed request.")
+    req = await load_pending(provider, form.get("r"), browser)
+    if req is None or browser is None:
+        return _expired()
+    if not csrf_ok(browser, req.id, form.get("csrf")):
+        return error_page("The form could not be verified. Please try again.", 403)
+    async with provider.sessions.begin() as db:
+        session = await load_session(db, read_cookie(request, SESSION_COOKIE,
+                                                     provider.secure_cookies))
+        if session is None:
+            return RedirectResponse(f"/login?r={req.id}", status_code=303)
+        if form.get("decision") != "allow":
+            await provider.kv.delete(req.key())
+            return error_redirect(provider, RedirectError(
+                errors.AccessDenied("the user denied the request"), req.redirect_uri, req.state))
+        existing = await db.scalar(select(Consent).where(Consent.user_id == session.user_id,
+                                                         Consent.client_id == req.client_id))
+        now = int(time.time())
+        if existing is None:
+            db.add(Consent(user_id=session.user_id, client_id=req.client_id,
+                           scopes=sorted(set(req.scopes)), granted_at=now))
+        else:
+            existing.scopes = sorted(set(existing.scopes) | set(req.scopes))
+            existing.granted_at = now
+    return await issue_code(provider, req, session)

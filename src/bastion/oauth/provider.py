@@ -1,0 +1,159 @@
+"""The authorization server's services in one object, built once at start.
+
+Endpoints receive a ``Provider``; nothing here is an import-time global.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy import delete, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from bastion.config import Settings
+from bastion.identity.clients import ClientInfo, get_client
+from bastion.identity.throttle import LoginThrottle, ThrottlePolicy
+from bastion.kms import KeyWrapper
+from bastion.store.kv import KV
+from bastion.store.models import (
+    AuthorizationCode,
+    IssuedAccessToken,
+    Session,
+    TokenFamily,
+)
+from bastion.tokens import keys
+from bastion.tokens.denylist import Denylist
+from bastion.tokens.issue import TokenIssuer
+from bastion.tokens.verify import TokenVerifier
+
+log = logging.getLogger("bastion.oauth")
+
+
+@dataclass
+class Provider:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    kv: KV
+    wrapper: KeyWrapper
+    keyring: keys.KeyRing
+    denylist: Denylist
+    throttle: LoginThrottle = field(init=False)
+    issuer_url: str = field(init=False)
+    tokens: TokenIssuer = field(init=False)
+    verifier: TokenVerifier = field(init=False)
+    _clients: dict[str, tuple[float, ClientInfo | None]] = field(default_factory=dict)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.issuer_url = s.effective_issuer
+        self.tokens = TokenIssuer(issuer=self.issuer_url, keyring=lambda: self.keyring)
+        self.verifier = TokenVerifier(issuer=self.issuer_url, audience=self.api_audience,
+                                      jwks=KeyRingSource(self), algorithms=keys.ALGORITHMS,
+                                      denylist=self.denylist)
+        self.throttle = LoginThrottle(self.kv, ThrottlePolicy(
+            s.login_max_failures_account, s.login_max_failures_ip, s.login_backoff_base,
+            s.login_backoff_max, s.login_failure_window))
+
+    # --- endpoints' URLs -------------------------------------------------------------------
+    def url(self, path: str) -> str:
+        return self.issuer_url + path
+
+    @property
+    def api_audience(self) -> str:
+        """``aud`` of access tokens: the resource servers Bastion serves (Orders, APIs)."""
+        return self.issuer_url
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.issuer_url.startswith("https://")
+
+    # --- clients, cached briefly: the token endpoint must not hit the database per call ---
+    async def client(self, client_id: str) -> ClientInfo | None:
+        now = time.monotonic()
+        hit = self._clients.get(client_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        async with self.sessions() as db:
+            info = await get_client(db, client_id)
+        if len(self._clients) > 10_000:
+            self._clients.clear()
+        self._clients[client_id] = (now + self.settings.client_cache_ttl, info)
+        return info
+
+    # --- background work -------------------------------------------------------------------
+    async def refresh_keys(self) -> None:
+        async with self.sessions() as db:
+            self.keyring = await keys.load_keyring(db, self.wrapper, self.keyring)
+
+    async def purge(self) -> None:
+        """Delete what has expired, so tables do not grow without bound."""
+        now = int(time.time())
+        async with self.sessions.begin() as db:
+            await db.execute(delete(AuthorizationCode).where(AuthorizationCode.expires_at < now))
+            await db.execute(delete(Session).where(Session.expires_at < now))
+            await db.execute(delete(IssuedAccessToken).where(IssuedAccessToken.expires_at < now))
+            await db.execute(delete(TokenFamily).where(TokenFamily.expires_at < now))
+            # revoked families are kept until expiry: reuse of their tokens stays detectable
+            await self.denylist.purge(db, now)
+            await keys.purge_expired(db, now)
+
+    async def _every(self, seconds: float, job: str) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await getattr(self, job)()
+            except Exception:  # keep the loop alive; the next run retries
+                log.exception("background job %s failed", job)
+
+    async def _sync(self) -> None:
+        await self.refresh_keys()
+        await self.denylist.sync()
+
+    def start_background(self) -> None:
+        self._tasks.append(asyncio.create_task(self._every(self.settings.key_refresh_interval,
+                                                           "_sync")))
+        self._tasks.append(asyncio.create_task(self._every(self.settings.purge_interval,
+                                                           "purge")))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.kv.close()
+        await self.engine.dispose()
+
+    # --- revocation --------------------------------------------------------------------------
+    async def revoke_families(self, db: AsyncSession, *conds: object) -> int:
+        """Revoke every family matching ``conds`` and deny their unexpired access tokens."""
+        now = int(time.time())
+        ids = list((await db.scalars(
+            update(TokenFamily).where(*conds, TokenFamily.revoked_at.is_(None))  # type: ignore[arg-type]
+            .values(revoked_at=now).returning(TokenFamily.id))).all())
+        if not ids:
+            return 0
+        rows = (await db.execute(
+            IssuedAccessToken.__table__.select()
+            .where(IssuedAccessToken.family_id.in_(ids), IssuedAccessToken.expires_at > now)
+        )).all()
+        await self.denylist.revoke(db, [(r.jti, r.expires_at) for r in rows])
+        return len(ids)
+
+
+class KeyRingSource:
+    """The provider's own key ring as a ``JWKSource``: in-process, always current."""
+
+    def __init__(self, provider: Provider) -> None:
+        self._provider = provider
+
+    async def get_key(self, kid: str | None) -> keys.AnyKey | None:
+        if kid is None:
+            return None
+        return self._provider.keyring.public.get(kid)

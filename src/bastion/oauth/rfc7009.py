@@ -1,0 +1,55 @@
+"""RFC 7009 — OAuth 2.0 Token Revocation. https://www.rfc-editor.org/rfc/rfc7009
+
+Revoking a refresh token revokes its whole family (and denies the family's access tokens,
+§2.1 "SHOULD also invalidate all access tokens based on the same authorization grant");
+revoking an access token puts its ``jti`` on the denylist until it expires.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from bastion.oauth.clientauth import authenticate_client
+from bastion.oauth.errors import NO_STORE, InvalidRequest, OAuthError
+from bastion.oauth.lookup import find_access, find_refresh
+from bastion.oauth.params import form_params
+from bastion.oauth.provider import Provider
+from bastion.store.models import TokenFamily
+
+log = logging.getLogger("bastion.oauth.revoke")
+
+
+async def revocation_endpoint(provider: Provider, request: Request) -> Response:
+    try:
+        if request.method != "POST":
+            raise InvalidRequest("use POST")  # §2.1: HTTP POST
+        params = await form_params(request, provider.settings.max_body_bytes)
+        client = await authenticate_client(request, params, provider, "/revoke")
+        token = params.get("token")
+        if not token:
+            raise InvalidRequest("token required")
+        hint = params.get("token_type_hint")
+        order = ["access", "refresh"] if hint == "access_token" else ["refresh", "access"]
+        async with provider.sessions.begin() as db:
+            for kind in order:
+                if kind == "refresh":
+                    found = await find_refresh(provider, db, token)
+                    if found is None:
+                        continue
+                    # §2.1: the server verifies the token was issued to the requesting client
+                    if found.family.client_id == client.client_id:
+                        await provider.revoke_families(db, TokenFamily.id == found.family.id)
+                    break
+                access = await find_access(provider, token)
+                if access is None:
+                    continue
+                if access.client_id == client.client_id:
+                    await provider.denylist.revoke(db, [(access.jti or "", access.expires_at)])
+                break
+    except OAuthError as exc:
+        return exc.response()
+    # §2.2: 200 also for invalid or unknown tokens (nothing to tell an attacker)
+    return Response(status_code=200, headers=NO_STORE)

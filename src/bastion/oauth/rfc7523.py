@@ -1,0 +1,76 @@
+"""RFC 7523 — JWT Profile for OAuth 2.0 Client Authentication (``private_key_jwt``, as
+profiled by OpenID Connect Core §9). https://www.rfc-editor.org/rfc/rfc7523
+
+The client signs a short-lived JWT with a key whose public half it registered.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+
+from bastion.oauth.errors import InvalidClient, InvalidRequest
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ALGORITHMS = ["ES256", "ES384", "RS256", "PS256", "EdDSA"]
+MAX_ASSERTION = 8192
+MAX_LIFETIME = 600  # seconds an assertion may claim to live
+
+
+async def verify_client_assertion(params: dict[str, str], provider: Any, endpoint: str) -> str:
+    """Return the authenticated client_id, or raise ``InvalidClient``."""
+    if params.get("client_assertion_type") != ASSERTION_TYPE:
+        raise InvalidRequest("unsupported client_assertion_type")
+    assertion = params.get("client_assertion", "")
+    if not assertion or len(assertion) > MAX_ASSERTION:
+        raise InvalidClient("malformed client_assertion")
+    try:
+        unverified = jws.extract_compact(assertion.encode())
+        payload = json.loads(unverified.payload)
+        header = unverified.protected
+    except (JoseError, ValueError, TypeError):
+        raise InvalidClient("malformed client_assertion") from None
+    if not isinstance(payload, dict) or not isinstance(header, dict):
+        raise InvalidClient("malformed client_assertion")
+    client_id = payload.get("sub")
+    # §3 1.: iss and sub MUST both be the client_id
+    if not isinstance(client_id, str) or payload.get("iss") != client_id:
+        raise InvalidClient("client_assertion iss and sub must be the client_id")
+    if params.get("client_id", client_id) != client_id:
+        raise InvalidRequest("client_id does not match client_assertion")
+    if header.get("alg") not in ALGORITHMS or any(h in header for h in ("jku", "x5u", "jwk",
+                                                                           "crit")):
+        raise InvalidClient("client_assertion algorithm or header not allowed")
+    client = await provider.client(client_id)
+    if client is None or client.auth_method != "private_key_jwt" or not client.jwks:
+        raise InvalidClient("client authentication failed")
+    try:
+        keyset = KeySet.import_key_set(client.jwks)
+        token = jwt.decode(assertion, keyset, algorithms=ALGORITHMS)
+    except (JoseError, ValueError, TypeError):
+        raise InvalidClient("client_assertion signature invalid") from None
+    c = token.claims
+    now = int(time.time())
+    # §3 3.: aud MUST identify the authorization server (token endpoint or issuer)
+    aud = c.get("aud")
+    auds = aud if isinstance(aud, list) else [aud]
+    if not ({provider.issuer_url, provider.url(endpoint), provider.url("/token")} & set(
+            a for a in auds if isinstance(a, str))):
+        raise InvalidClient("client_assertion audience invalid")
+    # §3 4.: exp MUST be present and in the future; we also cap the lifetime
+    exp, iat = c.get("exp"), c.get("iat", now)
+    if not isinstance(exp, int) or isinstance(exp, bool) or exp < now - 30 or \
+            exp > now + MAX_LIFETIME or not isinstance(iat, int) or iat > now + 30:
+        raise InvalidClient("client_assertion expired or lifetime too long")
+    # §3 7.: jti: the authorization server MAY ensure JWTs are not replayed — we do
+    jti = c.get("jti")
+    if not isinstance(jti, str) or not jti or len(jti) > 256:
+        raise InvalidClient("client_assertion jti required")
+    if not await provider.kv.add(f"assertion:{client_id}:{jti}", b"1", MAX_LIFETIME + 60):
+        raise InvalidClient("client_assertion replayed")
+    return client_id

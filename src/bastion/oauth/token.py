@@ -1,0 +1,51 @@
+"""The token endpoint — RFC 6749 §3.2 and §5: authenticate the client, then hand the request
+to the handler registered for its ``grant_type``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from bastion.oauth.clientauth import authenticate_client
+from bastion.oauth.errors import NO_STORE, InvalidRequest, OAuthError, UnsupportedGrantType
+from bastion.oauth.grants.authorization_code import AuthorizationCodeGrant
+from bastion.oauth.grants.base import GrantHandler, TokenRequest
+from bastion.oauth.grants.client_credentials import ClientCredentialsGrant
+from bastion.oauth.grants.refresh_token import RefreshTokenGrant
+from bastion.oauth.params import form_params
+from bastion.oauth.provider import Provider
+
+log = logging.getLogger("bastion.oauth.token")
+
+
+def default_grants() -> list[GrantHandler]:
+    return [AuthorizationCodeGrant(), RefreshTokenGrant(), ClientCredentialsGrant()]
+
+
+class TokenEndpoint:
+    def __init__(self, provider: Provider, grants: Iterable[GrantHandler]) -> None:
+        self.provider = provider
+        self.grants = {g.grant_type: g for g in grants}
+
+    async def handle(self, request: Request) -> Response:
+        try:
+            if request.method != "POST":
+                # §3.2: the client MUST use the HTTP POST method
+                raise InvalidRequest("use POST")
+            params = await form_params(request, self.provider.settings.max_body_bytes)
+            grant_type = params.get("grant_type")
+            if not grant_type:
+                raise InvalidRequest("grant_type required")
+            client = await authenticate_client(request, params, self.provider, "/token")
+            handler = self.grants.get(grant_type)
+            if handler is None:
+                raise UnsupportedGrantType("unsupported grant_type")
+            body = await handler.handle(TokenRequest(self.provider, client, params))
+        except OAuthError as exc:
+            log.info("token request refused: %s (%s)", exc.error, exc.debug or exc.description)
+            return exc.response()
+        # §5.1: Cache-Control: no-store
+        return JSONResponse(body, headers=NO_STORE)

@@ -1,0 +1,116 @@
+"""Orders API. ``GET /orders`` and ``GET /orders/{id}`` need scope and role ``order:view``;
+``POST /orders`` needs ``order:create``. Users see only their own orders; every body is
+validated (any malformed input is a 400 or 422, never a 500)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from bastion.store.models import Order
+from bastion.tokens.errors import BearerError
+from bastion.tokens.starlette import BearerAuthMiddleware, authorize, bearer_error_response
+from bastion.tokens.verify import TokenVerifier
+
+MAX_BODY = 16 * 1024
+VIEW, CREATE = "order:view", "order:create"
+
+
+class NewOrder(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    item: str = Field(min_length=1, max_length=200)
+    quantity: int = Field(ge=1, le=10_000)
+    unit_price_cents: int = Field(ge=0, le=100_000_000)
+
+
+def _problem(status: int, title: str, detail: Any = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": title}
+    if detail is not None:
+        body["detail"] = detail
+    return JSONResponse(body, status_code=status)
+
+
+def _public(order: Order) -> dict[str, Any]:
+    return {"id": order.id, "item": order.item, "quantity": order.quantity,
+            "unit_price_cents": order.unit_price_cents,
+            "total_cents": order.quantity * order.unit_price_cents, "status": order.status,
+            "created_at": order.created_at}
+
+
+class OrdersAPI:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    async def list_orders(self, request: Request) -> Response:
+        try:
+            token = authorize(request, scopes=[VIEW], roles=[VIEW])
+        except BearerError as err:
+            return bearer_error_response(err)
+        async with self.sessions() as db:
+            rows = await db.scalars(select(Order).where(Order.owner == token.subject)
+                                    .order_by(Order.created_at, Order.id).limit(1000))
+            return JSONResponse({"orders": [_public(o) for o in rows]})
+
+    async def get_order(self, request: Request) -> Response:
+        try:
+            token = authorize(request, scopes=[VIEW], roles=[VIEW])
+        except BearerError as err:
+            return bearer_error_response(err)
+        order_id = request.path_params["order_id"]
+        async with self.sessions() as db:
+            order = await db.get(Order, order_id) if len(order_id) <= 64 else None
+        # another user's order is indistinguishable from a missing one
+        if order is None or order.owner != token.subject:
+            return _problem(404, "not_found")
+        return JSONResponse(_public(order))
+
+    async def create_order(self, request: Request) -> Response:
+        try:
+            token = authorize(request, scopes=[CREATE], roles=[CREATE])
+        except BearerError as err:
+            return bearer_error_response(err)
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            return _problem(415, "unsupported_media_type", "send application/json")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return _problem(413, "payload_too_large")
+        try:
+            data = NewOrder.model_validate(json.loads(body))
+        except (ValueError, RecursionError) as exc:
+            detail = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()] \
+                if isinstance(exc, ValidationError) else "body is not valid JSON"
+            return _problem(422 if isinstance(exc, ValidationError) else 400,
+                            "invalid_body", detail)
+        order = Order(id=secrets.token_hex(8), owner=token.subject, item=data.item,
+                      quantity=data.quantity, unit_price_cents=data.unit_price_cents,
+                      status="placed", created_at=int(time.time()))
+        async with self.sessions.begin() as db:
+            db.add(order)
+        return JSONResponse(_public(order), status_code=201,
+                            headers={"Location": f"/orders/{order.id}"})
+
+
+def create_orders_app(sessions: async_sessionmaker[AsyncSession],
+                      verifier: TokenVerifier) -> Starlette:
+    api = OrdersAPI(sessions)
+    routes = [
+        Route("/orders", api.list_orders, methods=["GET"]),
+        Route("/orders", api.create_order, methods=["POST"]),
+        Route("/orders/{order_id}", api.get_order, methods=["GET"]),
+    ]
+    return Starlette(routes=routes,
+                     middleware=[Middleware(BearerAuthMiddleware, verifier=verifier)])

@@ -1,0 +1,167 @@
+"""SQLAlchemy 2 models. Times are integer Unix seconds (UTC); secrets are stored only as
+hashes (codes, refresh tokens, sessions, client secrets) or wrapped by the key-encryption key
+(private keys, TOTP seeds). Schema changes go through Alembic (``store/migrations``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, LargeBinary, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON}
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str] = mapped_column(String(128), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    name: Mapped[str | None] = mapped_column(String(256))
+    email: Mapped[str | None] = mapped_column(String(256))
+    roles: Mapped[list[str]] = mapped_column(JSON, default=list)
+    totp_secret: Mapped[bytes | None] = mapped_column(LargeBinary)  # wrapped by the KEK
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[int] = mapped_column(Integer)
+
+
+class Group(Base):
+    __tablename__ = "groups"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    roles: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[int] = mapped_column(Integer)
+
+
+class GroupMember(Base):
+    __tablename__ = "group_members"
+    group_id: Mapped[str] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         primary_key=True)
+
+
+class Client(Base):
+    __tablename__ = "clients"
+    client_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str] = mapped_column(String(256))
+    secret_hash: Mapped[str | None] = mapped_column(String(128))  # keyed SHA-256, hex
+    auth_method: Mapped[str] = mapped_column(String(32))
+    redirect_uris: Mapped[list[str]] = mapped_column(JSON, default=list)
+    post_logout_redirect_uris: Mapped[list[str]] = mapped_column(JSON, default=list)
+    grant_types: Mapped[list[str]] = mapped_column(JSON, default=list)
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    roles: Mapped[list[str]] = mapped_column(JSON, default=list)  # for client_credentials
+    jwks: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # for private_key_jwt
+    created_at: Mapped[int] = mapped_column(Integer)
+
+
+class SigningKey(Base):
+    __tablename__ = "signing_keys"
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    alg: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))  # next | active | retired
+    private_key: Mapped[bytes] = mapped_column(LargeBinary)  # wrapped by the KEK
+    public_jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[int] = mapped_column(Integer)
+    activated_at: Mapped[int | None] = mapped_column(Integer)
+    retired_at: Mapped[int | None] = mapped_column(Integer)
+    expires_at: Mapped[int | None] = mapped_column(Integer)  # drop from JWKS after this
+
+
+class Session(Base):
+    __tablename__ = "sessions"
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sid: Mapped[str] = mapped_column(String(64), unique=True)  # public id (ID token "sid")
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    auth_time: Mapped[int] = mapped_column(Integer)
+    amr: Mapped[list[str]] = mapped_column(JSON, default=list)
+    expires_at: Mapped[int] = mapped_column(Integer, index=True)
+
+
+class Consent(Base):
+    __tablename__ = "consents"
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         primary_key=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.client_id", ondelete="CASCADE"),
+                                           primary_key=True)
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    granted_at: Mapped[int] = mapped_column(Integer)
+
+
+class AuthorizationCode(Base):
+    __tablename__ = "authorization_codes"
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[str] = mapped_column(String(64))
+    sid: Mapped[str | None] = mapped_column(String(64))
+    redirect_uri: Mapped[str] = mapped_column(String(2048))
+    scope: Mapped[str] = mapped_column(String(1024))
+    nonce: Mapped[str | None] = mapped_column(String(512))
+    code_challenge: Mapped[str | None] = mapped_column(String(128))
+    auth_time: Mapped[int] = mapped_column(Integer)
+    amr: Mapped[list[str]] = mapped_column(JSON, default=list)
+    expires_at: Mapped[int] = mapped_column(Integer, index=True)
+    consumed_at: Mapped[int | None] = mapped_column(Integer)
+    # what redeeming it issued, revoked if the code is replayed (RFC 6749 §4.1.2)
+    family_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class TokenFamily(Base):
+    """One grant: the tokens descending from one code (or one session's refresh chain)."""
+
+    __tablename__ = "token_families"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[str | None] = mapped_column(String(64))
+    sid: Mapped[str | None] = mapped_column(String(64), index=True)
+    scope: Mapped[str] = mapped_column(String(1024))
+    auth_time: Mapped[int | None] = mapped_column(Integer)
+    amr: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[int] = mapped_column(Integer, index=True)
+    revoked_at: Mapped[int | None] = mapped_column(Integer)
+
+
+class RefreshToken(Base):
+    __tablename__ = "refresh_tokens"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    family_id: Mapped[str] = mapped_column(ForeignKey("token_families.id", ondelete="CASCADE"),
+                                           index=True)
+    created_at: Mapped[int] = mapped_column(Integer)
+    rotated_at: Mapped[int | None] = mapped_column(Integer)  # set when exchanged
+
+
+class IssuedAccessToken(Base):
+    """jti of access tokens issued inside a family, so revoking the family denies them."""
+
+    __tablename__ = "issued_access_tokens"
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    family_id: Mapped[str] = mapped_column(ForeignKey("token_families.id", ondelete="CASCADE"),
+                                           index=True)
+    expires_at: Mapped[int] = mapped_column(Integer, index=True)
+
+
+class RevokedToken(Base):
+    """The jti denylist: revoked access tokens, kept until they would have expired."""
+
+    __tablename__ = "revoked_tokens"
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[int] = mapped_column(Integer, index=True)
+    revoked_at: Mapped[int] = mapped_column(Integer, index=True)
+
+
+class Order(Base):
+    __tablename__ = "orders"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)  # user id (token sub)
+    item: Mapped[str] = mapped_column(String(200))
+    quantity: Mapped[int] = mapped_column(Integer)
+    unit_price_cents: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[int] = mapped_column(Integer)
+
+
+Index("ix_families_user", TokenFamily.user_id)

@@ -1,0 +1,1 @@
+"""JWT access tokens: signing keys (issuer side) and verification (resource server side)."""

@@ -1,0 +1,108 @@
+"""Shared fixtures: a Provider on SQLite or PostgreSQL, and an HTTP client on the ASGI app.
+
+PostgreSQL is the machine's server at 127.0.0.1:5432 (``BASTION_TEST_PG`` overrides); each
+test session creates its own database and drops it afterwards. It is required, not optional:
+a missing server fails the PostgreSQL cases instead of skipping them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from bastion.app import build_app
+from bastion.config import Settings
+from bastion.oauth.provider import Provider
+from bastion.runtime import open_provider
+
+ISSUER = "http://bastion.test"
+PG_ADMIN = os.environ.get("BASTION_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    name = f"bastion_test_{secrets.token_hex(4)}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    yield f"{base}/{name}"
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'bastion.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+def make_settings(tmp_path: Path, database_url: str | None = None, **over: Any) -> Settings:
+    base: dict[str, Any] = {
+        "data_dir": tmp_path / "data", "issuer": ISSUER, "dev": True,
+        "database_url": database_url, "key_refresh_interval": 0.2, "client_cache_ttl": 0,
+        "login_backoff_base": 0.05, "login_backoff_max": 0.2,
+    }
+    base.update(over)
+    return Settings(**base)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return make_settings(tmp_path, database_url)
+
+
+@pytest.fixture
+async def provider(settings: Settings) -> AsyncIterator[Provider]:
+    await _reset(settings.effective_database_url)
+    p = await open_provider(settings)
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+async def _reset(url: str) -> None:
+    """PostgreSQL is shared by the session's tests: start each one from empty tables."""
+    if not url.startswith("postgresql"):
+        return
+    from sqlalchemy import text
+
+    from bastion.store.db import create_engine, migrate
+    from bastion.store.models import Base
+
+    engine = create_engine(url)
+    try:
+        await migrate(engine)
+        names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+        async with engine.begin() as conn:
+            await conn.execute(text(f"TRUNCATE {names} CASCADE"))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def http(provider: Provider) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=build_app(provider), client=("127.0.0.1", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url=ISSUER) as client:
+        yield client
