@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -105,8 +106,11 @@ class LiveServer:
             args += ["--redirect-uri", u]
         return self.cli(*args, *extra)
 
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
     def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, verify=str(self.ca_file), timeout=30)
+        return httpx.Client(base_url=self.url, verify=self.ssl_context(), timeout=30)
 
 
 def start_live_server(tmp: Path, *extra_args: str, env_over: dict[str, str] | None = None
@@ -132,7 +136,8 @@ def start_live_server(tmp: Path, *extra_args: str, env_over: dict[str, str] | No
             if server.process.poll() is not None:
                 raise AssertionError(f"server exited: {log.read_text()}")
             try:
-                if httpx.get(url + "/healthz", verify=str(ca), timeout=2).status_code == 200:
+                if httpx.get(url + "/healthz", verify=server.ssl_context(),
+                             timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

@@ -10,11 +10,13 @@ import base64
 import hashlib
 import secrets
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from joserfc import jwt
+from joserfc.errors import SecurityWarning
 
 from bastion.tokens.keys import KeyRing
 
@@ -35,6 +37,12 @@ class TokenIssuer:
     def _sign(self, typ: str, claims: dict[str, Any]) -> str:
         ring = self._keyring()
         header = {"alg": ring.signing_alg, "typ": typ, "kid": ring.signing.kid}
+        if ring.signing_alg == "EdDSA":
+            # RFC 9864 deprecates the polymorphic "EdDSA" name in favour of "Ed25519"; relying
+            # parties still expect "EdDSA", so we keep it and silence joserfc's warning.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SecurityWarning)
+                return jwt.encode(header, claims, ring.signing, algorithms=["EdDSA"])
         return jwt.encode(header, claims, ring.signing, algorithms=[ring.signing_alg])
 
     def access_token(self, *, subject: str, client_id: str, audience: str | list[str],

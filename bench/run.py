@@ -1,0 +1,591 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark, one run: Bastion first, then the peer (oidc-provider + jose).
+
+    .venv/bin/python bench/run.py                 # -t2 -c16 -d10s, pools 15000 / 20000
+    .venv/bin/python bench/run.py --duration 5s --pool 8000 --peer-pool 12000
+
+Servers are run one after the other, never both under load at once (the machine has two
+cores, shared by the server and wrk). Per side: start the server(s), wrk scenario 1
+(client_credentials at /token), mint the refresh-token pool, scenario 2 (refresh_token
+grant with rotation, one pool token per request), scenario 3 (GET /orders with a bearer
+JWT), stop the server(s). The wrk scripts and parameters are the same for both sides
+(bench/lua/*.lua). Raw outputs go to bench/out/<stamp>/ (git-ignored) and the table is
+printed at the end. Exit status is non-zero if any scenario had a non-2xx response, a
+socket error, an exhausted refresh pool or a missing RESULT line.
+
+Only the standard library and httpx (in the project's venv) are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import datetime as dt
+import hashlib
+import html.parser
+import json
+import os
+import re
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlencode, urljoin, urlsplit
+
+import httpx
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+LUA = BENCH / "lua"
+PEER = BENCH / "peer"
+SCENARIOS = ("client_credentials", "refresh", "bearer")
+LABELS = {"client_credentials": "client_credentials /token",
+          "refresh": "refresh_token /token (rotation)",
+          "bearer": "GET /orders (bearer JWT)"}
+REDIRECT_URI = "http://127.0.0.1:9/cb"
+SCOPE = "openid offline_access order:view"
+RESULT_RE = re.compile(r"^RESULT (.*)$", re.M)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+# --- small helpers -----------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def seconds(duration: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smh]?)", duration.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad duration {duration!r} (e.g. 10s, 1m)")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def cpu_seconds(pid: int) -> float:
+    """user+system CPU time of a live process (from /proc), in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_http(url: str, proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"server exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise BenchError(f"{url} did not answer 200 within {timeout:.0f}s")
+
+
+def stop(proc: subprocess.Popen[Any] | None, name: str) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        log(f"{name} did not stop on SIGTERM, killing pid {proc.pid}")
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(32)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+    return verifier, challenge.rstrip(b"=").decode()
+
+
+class HiddenInputs(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[str, str] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "input" and a.get("type") == "hidden" and a.get("name"):
+            self.values[a["name"] or ""] = a.get("value") or ""
+
+
+def hidden_inputs(page: str) -> dict[str, str]:
+    p = HiddenInputs()
+    p.feed(page)
+    return p.values
+
+
+# --- wrk --------------------------------------------------------------------------------------
+@dataclass
+class Result:
+    name: str
+    req_s: float = float("nan")
+    p50_ms: float = float("nan")
+    p90_ms: float = float("nan")
+    p99_ms: float = float("nan")
+    requests: int = 0
+    non2xx: int = -1
+    socket_errors: int = -1
+    server_cpu: float = float("nan")   # server CPU-seconds per wall second during the run
+    wrk_cpu: float = float("nan")      # wrk CPU-seconds per wall second
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Args:
+    threads: int
+    conns: int
+    duration: str
+    timeout: str | None
+
+
+def run_wrk(a: Args, script: str, url: str, script_args: list[str], out: Path,
+            server_pids: list[int]) -> Result:
+    cmd = ["wrk", f"-t{a.threads}", f"-c{a.conns}", f"-d{a.duration}", "--latency"]
+    if a.timeout:
+        cmd.append(f"--timeout={a.timeout}")
+    cmd += ["-s", str(LUA / script), url]
+    if script_args:
+        cmd += ["--", *script_args]
+    shown = [c if len(c) < 80 else c[:20] + "..." for c in cmd]
+    log("  " + " ".join(shown))
+    cpu0 = sum(cpu_seconds(p) for p in server_pids)
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True,
+                          timeout=seconds(a.duration) + 60)
+    wall = time.monotonic() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu1 = sum(cpu_seconds(p) for p in server_pids)
+    text = proc.stdout + (("\n--- stderr ---\n" + proc.stderr) if proc.stderr else "")
+    out.write_text(f"$ {' '.join(cmd)}\n{text}")
+    m = RESULT_RE.search(proc.stdout)
+    r = Result(name=script.removesuffix(".lua"))
+    if proc.returncode != 0 or not m:
+        r.problems.append(f"wrk exit {proc.returncode}, RESULT line {'found' if m else 'MISSING'}"
+                          f" (see {out})")
+        return r
+    kv = dict(item.split("=", 1) for item in m.group(1).split())
+    r.name = kv["name"]
+    r.req_s, r.p50_ms, r.p90_ms, r.p99_ms = (float(kv[k]) for k in
+                                             ("req_s", "p50_ms", "p90_ms", "p99_ms"))
+    r.requests, r.non2xx, r.socket_errors = (int(kv[k]) for k in
+                                             ("requests", "non2xx", "socket_errors"))
+    r.server_cpu = (cpu1 - cpu0) / wall
+    r.wrk_cpu = ((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)) / wall
+    if r.non2xx:
+        r.problems.append(f"{r.non2xx} non-2xx responses")
+    if r.socket_errors:
+        r.problems.append(f"{r.socket_errors} socket errors")
+    if "EXHAUSTED" in proc.stdout:
+        r.problems.append("refresh token pool exhausted (req/s under-reported); raise the pool")
+    if r.requests == 0:
+        r.problems.append("no requests completed")
+    return r
+
+
+# --- Bastion ----------------------------------------------------------------------------------
+BASTION = ROOT / ".venv" / "bin" / "bastion"
+
+
+def bastion_cli(args: list[str], data_dir: Path, stdin: str | None = None) -> dict[str, Any]:
+    proc = subprocess.run([str(BASTION), *args, "--data-dir", str(data_dir), "--json"],
+                          input=stdin, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise BenchError(f"bastion {' '.join(args[:2])} failed ({proc.returncode}): "
+                         f"{proc.stderr.strip()[-500:]}")
+    return json.loads(proc.stdout)
+
+
+async def mint_bastion(base: str, client_id: str, secret: str, username: str, password: str,
+                       n: int, concurrency: int, deadline_s: float) -> list[str]:
+    """Refresh tokens from Bastion via the authorization code flow (PKCE), logging in once."""
+    auth = httpx.BasicAuth(quote(client_id, safe=""), quote(secret, safe=""))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, follow_redirects=False, limits=limits,
+                                 timeout=30.0) as http:
+
+        async def authorize() -> tuple[httpx.Response, str, str]:
+            verifier, challenge = pkce()
+            state = secrets.token_urlsafe(8)
+            q = {"response_type": "code", "client_id": client_id, "redirect_uri": REDIRECT_URI,
+                 "scope": SCOPE, "state": state, "code_challenge": challenge,
+                 "code_challenge_method": "S256"}
+            return await http.get("/authorize?" + urlencode(q)), verifier, state
+
+        def expect_redirect(res: httpx.Response, what: str) -> str:
+            if res.status_code not in (302, 303):
+                raise BenchError(f"{what}: expected a redirect, got HTTP {res.status_code}: "
+                                 f"{res.text[:300]}")
+            return urljoin(base + "/", res.headers["location"])
+
+        def code_from(location: str, state: str) -> str:
+            if not location.startswith(REDIRECT_URI + "?"):
+                raise BenchError(f"expected a redirect to the client, got {location[:200]}")
+            q = parse_qs(urlsplit(location).query)
+            if q.get("state") != [state] or "code" not in q:
+                raise BenchError(f"bad authorization response: {location[:300]}")
+            return q["code"][0]
+
+        async def exchange(code: str, verifier: str) -> str:
+            res = await http.post("/token", auth=auth, data={
+                "grant_type": "authorization_code", "code": code,
+                "redirect_uri": REDIRECT_URI, "code_verifier": verifier})
+            body = res.json()
+            if res.status_code != 200 or "refresh_token" not in body:
+                raise BenchError(f"code exchange: HTTP {res.status_code} {body}")
+            return str(body["refresh_token"])
+
+        # First flow, interactive: login page, then consent page (remembered afterwards).
+        res, verifier, state = await authorize()
+        login_url = expect_redirect(res, "GET /authorize")
+        if "/login" not in login_url:
+            raise BenchError(f"expected the login page, got {login_url}")
+        form = hidden_inputs((await http.get(login_url)).text)
+        res = await http.post("/login", data={"username": username, "password": password,
+                                              "r": form["r"], "csrf": form["csrf"]})
+        nxt = expect_redirect(res, "POST /login")
+        if "/consent" in nxt:
+            form = hidden_inputs((await http.get(nxt)).text)
+            res = await http.post("/consent", data={"decision": "allow", "r": form["r"],
+                                                    "csrf": form["csrf"]})
+            nxt = expect_redirect(res, "POST /consent")
+        tokens = [await exchange(code_from(nxt, state), verifier)]
+
+        # Later flows: session + remembered consent => /authorize redirects with a code.
+        async def one() -> str:
+            res, verifier, state = await authorize()
+            return await exchange(code_from(expect_redirect(res, "GET /authorize"), state),
+                                  verifier)
+
+        remaining = n - 1
+        deadline = time.monotonic() + deadline_s
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"minting took longer than {deadline_s:.0f}s "
+                                     f"({len(tokens)}/{n}); lower --pool or raise --mint-timeout")
+                remaining -= 1
+                tokens.append(await one())
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return tokens
+
+
+def bench_bastion(opt: argparse.Namespace, wa: Args, out: Path) -> dict[str, Result]:
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(tempfile.mkdtemp(prefix="bastion-bench-"))
+    port = opt.bastion_port or free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, BASTION_ADMIN_PASSWORD=secrets.token_urlsafe(18))
+    env.pop("BASTION_DATA_DIR", None)
+    log(f"Bastion: starting on {base} (data {data_dir})")
+    server_log = (out / "server.log").open("w")
+    proc = subprocess.Popen([str(BASTION), "serve", "--dev", "--data-dir", str(data_dir),
+                             "--port", str(port), "--log-level", "warning"],
+                            stdout=server_log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    results: dict[str, Result] = {}
+    try:
+        wait_http(f"{base}/healthz", proc)
+        client = bastion_cli(["clients", "create", "--name", "bench",
+                              "--redirect-uri", REDIRECT_URI,
+                              "--grant-type", "client_credentials",
+                              "--grant-type", "authorization_code",
+                              "--grant-type", "refresh_token",
+                              "--scope", "openid", "--scope", "offline_access",
+                              "--scope", "order:view", "--role", "order:view"], data_dir)
+        cid, csecret = client["client_id"], client["client_secret"]
+        password = secrets.token_urlsafe(18)
+        bastion_cli(["users", "create", "benchuser", "--password-stdin",
+                     "--role", "order:view"], data_dir, stdin=password + "\n")
+        pids = [proc.pid]
+
+        log("Bastion: scenario 1, client_credentials")
+        results["client_credentials"] = run_wrk(
+            wa, "client_credentials.lua", f"{base}/token", [cid, csecret, "order:view"],
+            out / "client_credentials.txt", pids)
+
+        log(f"Bastion: minting {opt.pool} refresh tokens ({opt.mint_concurrency} in flight)")
+        t0 = time.monotonic()
+        tokens = asyncio.run(mint_bastion(base, cid, csecret, "benchuser", password, opt.pool,
+                                          opt.mint_concurrency, opt.mint_timeout))
+        took = time.monotonic() - t0
+        log(f"Bastion: minted {len(tokens)} in {took:.1f}s ({len(tokens) / took:.0f}/s)")
+        if len(set(tokens)) != len(tokens):
+            raise BenchError("Bastion returned duplicate refresh tokens")
+        pool_file = out / "refresh.tokens.txt"
+        pool_file.write_text("\n".join(tokens) + "\n")
+        (out / "mint.txt").write_text(f"minted {len(tokens)} refresh tokens in {took:.1f}s "
+                                      f"({len(tokens) / took:.0f}/s), concurrency "
+                                      f"{opt.mint_concurrency}\n")
+
+        log("Bastion: scenario 2, refresh_token")
+        results["refresh"] = run_wrk(wa, "refresh.lua", f"{base}/token",
+                                     [str(pool_file), str(wa.threads), cid, csecret],
+                                     out / "refresh.txt", pids)
+
+        res = httpx.post(f"{base}/token", auth=(cid, csecret),
+                         data={"grant_type": "client_credentials", "scope": "order:view"})
+        res.raise_for_status()
+        token = res.json()["access_token"]
+        check = httpx.get(f"{base}/orders", headers={"Authorization": f"Bearer {token}"})
+        if check.status_code != 200:
+            raise BenchError(f"GET /orders with the bench token: HTTP {check.status_code} "
+                             f"{check.text[:200]}")
+        log("Bastion: scenario 3, GET /orders")
+        results["bearer"] = run_wrk(wa, "bearer.lua", f"{base}/orders", [token],
+                                    out / "bearer.txt", pids)
+    finally:
+        stop(proc, "bastion")
+        server_log.close()
+        if not opt.keep_data:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    return results
+
+
+# --- peer (same sequence as bench/peer/run.sh) ------------------------------------------------
+def bench_peer(opt: argparse.Namespace, wa: Args, out: Path) -> dict[str, Result]:
+    out.mkdir(parents=True, exist_ok=True)
+    if not (PEER / "node_modules").is_dir():
+        log("peer: npm ci")
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=PEER, check=True,
+                       timeout=300)
+    pp, rp = opt.peer_port or free_port(), opt.resource_port or free_port()
+    issuer, rbase = f"http://127.0.0.1:{pp}", f"http://127.0.0.1:{rp}"
+    env = dict(os.environ, NODE_ENV="production")
+    procs: list[subprocess.Popen[Any]] = []
+    logs = []
+    results: dict[str, Result] = {}
+    log(f"peer: starting oidc-provider on {issuer}, resource server on {rbase}")
+    try:
+        for name, argv in (("provider", ["node", "provider.mjs", str(pp)]),
+                           ("resource", ["node", "resource.mjs", str(rp), issuer])):
+            f = (out / f"{name}.log").open("w")
+            logs.append(f)
+            procs.append(subprocess.Popen(argv, cwd=PEER, env=env, stdout=f,
+                                          stderr=subprocess.STDOUT))
+        wait_http(f"{issuer}/jwks", procs[0])
+        provider_pid, resource_pid = procs[0].pid, procs[1].pid
+
+        log("peer: scenario 1, client_credentials")
+        results["client_credentials"] = run_wrk(
+            wa, "client_credentials.lua", f"{issuer}/token", [], out / "client_credentials.txt",
+            [provider_pid])
+
+        log(f"peer: minting {opt.peer_pool} refresh tokens (32 in flight)")
+        pool_file = out / "refresh.tokens.txt"
+        t0 = time.monotonic()
+        mint = subprocess.run(["node", "mint_refresh.mjs", str(opt.peer_pool), str(pool_file),
+                               issuer, "32"], cwd=PEER, env=env, capture_output=True,
+                              text=True, timeout=opt.mint_timeout)
+        (out / "mint.txt").write_text(mint.stdout + mint.stderr)
+        if mint.returncode != 0:
+            raise BenchError(f"peer mint_refresh.mjs failed: {mint.stderr[-500:]}")
+        log(f"peer: {mint.stdout.strip()} (wall {time.monotonic() - t0:.1f}s)")
+
+        log("peer: scenario 2, refresh_token")
+        results["refresh"] = run_wrk(wa, "refresh.lua", f"{issuer}/token",
+                                     [str(pool_file), str(wa.threads)], out / "refresh.txt",
+                                     [provider_pid])
+
+        res = httpx.post(f"{issuer}/token", auth=("bench", "bench-secret"),
+                         data={"grant_type": "client_credentials", "scope": "order:view"})
+        res.raise_for_status()
+        token = res.json()["access_token"]
+        check = httpx.get(f"{rbase}/orders", headers={"Authorization": f"Bearer {token}"})
+        if check.status_code != 200:
+            raise BenchError(f"peer GET /orders: HTTP {check.status_code} {check.text[:200]}")
+        log("peer: scenario 3, GET /orders")
+        results["bearer"] = run_wrk(wa, "bearer.lua", f"{rbase}/orders", [token],
+                                    out / "bearer.txt", [resource_pid])
+    finally:
+        for p, name in zip(procs, ("provider", "resource")):
+            stop(p, name)
+        for f in logs:
+            f.close()
+    return results
+
+
+# --- report -----------------------------------------------------------------------------------
+def fmt(x: float, nd: int = 0) -> str:
+    return "-" if x != x else f"{x:,.{nd}f}"
+
+
+def table(bastion: dict[str, Result], peer: dict[str, Result]) -> str:
+    rows = [("scenario", "Bastion req/s", "p50 ms", "p99 ms", "peer req/s", "p50 ms", "p99 ms",
+             "ratio B/peer")]
+    for s in SCENARIOS:
+        b, p = bastion.get(s, Result(s)), peer.get(s, Result(s))
+        ratio = b.req_s / p.req_s if p.req_s and p.req_s == p.req_s else float("nan")
+        rows.append((LABELS[s], fmt(b.req_s), fmt(b.p50_ms, 2), fmt(b.p99_ms, 2),
+                     fmt(p.req_s), fmt(p.p50_ms, 2), fmt(p.p99_ms, 2), fmt(ratio, 2)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for i, r in enumerate(rows):
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
+        lines.append("| " + " | ".join(cells) + " |")
+        if i == 0:
+            lines.append("|" + "|".join("-" * (w + 1) + (":" if j else "-")
+                                        for j, w in enumerate(widths)) + "|")
+    return "\n".join(lines)
+
+
+def cpu_table(bastion: dict[str, Result], peer: dict[str, Result]) -> str:
+    lines = ["| scenario | Bastion CPU | wrk CPU (Bastion run) | peer CPU | wrk CPU (peer run) |",
+             "|---|---:|---:|---:|---:|"]
+    for s in SCENARIOS:
+        b, p = bastion.get(s, Result(s)), peer.get(s, Result(s))
+        lines.append(f"| {LABELS[s]} | {fmt(b.server_cpu * 100)}% | {fmt(b.wrk_cpu * 100)}% | "
+                     f"{fmt(p.server_cpu * 100)}% | {fmt(p.wrk_cpu * 100)}% |")
+    return "\n".join(lines)
+
+
+def versions() -> dict[str, str]:
+    def sh(*cmd: str, cwd: Path = ROOT) -> str:
+        try:
+            return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True,
+                                  timeout=20).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return "?"
+
+    def pkg(name: str) -> str:
+        try:
+            return json.loads((PEER / "node_modules" / name / "package.json").read_text())[
+                "version"]
+        except (OSError, ValueError, KeyError):
+            return "?"
+
+    model = ""
+    for line in sh("lscpu").splitlines():
+        if line.startswith("Model name:"):
+            model = line.split(":", 1)[1].strip()
+    dirty = sh("git", "status", "--porcelain", "--", "src", "pyproject.toml")
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "bastion_commit": sh("git", "rev-parse", "--short", "HEAD")
+        + (" (+ uncommitted changes in src/ or pyproject.toml)" if dirty else ""),
+        "python": sys.version.split()[0],
+        "uvicorn": sh(str(ROOT / ".venv/bin/python"), "-c",
+                      "import uvicorn; print(uvicorn.__version__)"),
+        "node": sh("node", "--version"),
+        "oidc-provider": pkg("oidc-provider"),
+        "jose": pkg("jose"),
+        "wrk": (sh("wrk", "-v").splitlines() or ["?"])[0],
+        "cpus": sh("nproc"),
+        "cpu_model": model,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", "-t", type=int, default=2, help="wrk -t (default 2)")
+    ap.add_argument("--conns", "-c", type=int, default=16, help="wrk -c (default 16)")
+    ap.add_argument("--duration", "-d", default="10s", help="wrk -d (default 10s)")
+    ap.add_argument("--wrk-timeout", default=None, help="wrk --timeout (default: wrk's 2s)")
+    ap.add_argument("--pool", type=int, default=15000,
+                    help="Bastion refresh tokens to mint (default 15000; needs >= req/s x "
+                         "duration, one token per request)")
+    ap.add_argument("--peer-pool", type=int, default=20000,
+                    help="peer refresh tokens to mint (default 20000, as bench/peer/run.sh)")
+    ap.add_argument("--mint-concurrency", type=int, default=16,
+                    help="Bastion minting: flows in flight (default 16)")
+    ap.add_argument("--mint-timeout", type=float, default=150.0,
+                    help="give up minting a pool after this many seconds (default 150)")
+    ap.add_argument("--only", choices=("bastion", "peer"), help="run one side only")
+    ap.add_argument("--bastion-port", type=int, help="default: a free port")
+    ap.add_argument("--peer-port", type=int, help="oidc-provider port (default: a free port)")
+    ap.add_argument("--resource-port", type=int, help="peer resource server port (default: free)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="output folder (default bench/out/<UTC stamp>)")
+    ap.add_argument("--keep-data", action="store_true", help="keep Bastion's temp data dir")
+    opt = ap.parse_args()
+    seconds(opt.duration)
+    if shutil.which("wrk") is None:
+        print("wrk not found: apt-get install wrk", file=sys.stderr)
+        return 2
+    if not BASTION.exists():
+        print(f"{BASTION} not found: create the venv first (make install / pip install -e .)",
+              file=sys.stderr)
+        return 2
+
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = opt.out or BENCH / "out" / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    wa = Args(opt.threads, opt.conns, opt.duration, opt.wrk_timeout)
+    command = " ".join([".venv/bin/python", "bench/run.py", *sys.argv[1:]])
+    t0 = time.monotonic()
+    log(f"output: {out}")
+    bastion: dict[str, Result] = {}
+    peer: dict[str, Result] = {}
+    failure = None
+    try:
+        if opt.only != "peer":
+            bastion = bench_bastion(opt, wa, out / "bastion")
+        if opt.only != "bastion":
+            peer = bench_peer(opt, wa, out / "peer")
+    except (BenchError, subprocess.SubprocessError, httpx.HTTPError, OSError) as err:
+        failure = f"{type(err).__name__}: {err}"
+    except KeyboardInterrupt:
+        failure = "interrupted"
+    elapsed = time.monotonic() - t0
+
+    info = versions()
+    text = [f"wrk -t{opt.threads} -c{opt.conns} -d{opt.duration} --latency; "
+            f"pools: Bastion {opt.pool}, peer {opt.peer_pool}; total {elapsed:.0f}s",
+            "", table(bastion, peer), "", cpu_table(bastion, peer), ""]
+    problems = [f"{side} {r.name}: {p}" for side, res in (("Bastion", bastion), ("peer", peer))
+                for r in res.values() for p in r.problems]
+    if failure:
+        problems.append(f"run aborted: {failure}")
+    if problems:
+        text += ["FAILED:"] + [f"  - {p}" for p in problems]
+    else:
+        text.append("OK: all responses 2xx, no socket errors, refresh pools not exhausted")
+    report = "\n".join(text)
+    (out / "summary.txt").write_text(f"$ {command}\n{json.dumps(info, indent=1)}\n\n{report}\n")
+    (out / "summary.json").write_text(json.dumps({
+        "command": command, "info": info, "elapsed_s": round(elapsed, 1),
+        "params": {"threads": opt.threads, "conns": opt.conns, "duration": opt.duration,
+                   "pool": opt.pool, "peer_pool": opt.peer_pool},
+        "bastion": {k: vars(v) for k, v in bastion.items()},
+        "peer": {k: vars(v) for k, v in peer.items()},
+        "problems": problems}, indent=1, default=str))
+    latest = BENCH / "out" / "latest"
+    if out.parent == BENCH / "out":
+        try:
+            if latest.is_symlink() or latest.exists():
+                latest.unlink()
+            latest.symlink_to(out.name)
+        except OSError:
+            pass
+    print(report)
+    print(f"\nraw outputs: {out}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
