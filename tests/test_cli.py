@@ -100,3 +100,15 @@ def test_running_server_sees_cli_rotation_within_seconds(tmp_path):
             assert _kid(first) in jwks_after  # retired key still verifiable
             keys = server.cli("keys", "list")
             assert sorted(k["status"] for k in keys) == ["active", "next", "retired"]
+
+
+def test_groups_cli(tmp_path):
+    assert run("users", "create", "dave", "--password-stdin", data=tmp_path,
+               stdin="pw-dave-123456\n").returncode == 0
+    assert run("groups", "create", "buyers", "--role", "order:create", "--role", "order:view",
+               data=tmp_path).returncode == 0
+    assert run("groups", "add-member", "buyers", "dave", data=tmp_path).returncode == 0
+    groups = json.loads(run("groups", "list", "--json", data=tmp_path).stdout)
+    assert groups[0]["members"] == ["dave"] and "order:create" in groups[0]["roles"]
+    bad = run("groups", "add-member", "buyers", "nobody", data=tmp_path)
+    assert bad.returncode == 1 and "no such" in bad.stderr

@@ -23,9 +23,12 @@ app = typer.Typer(help="Bastion: self-hosted identity provider and API security 
 users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
 clients_app = typer.Typer(help="Manage OAuth clients.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage token signing keys.", no_args_is_help=True)
+groups_app = typer.Typer(help="Manage groups (their roles apply to every member).",
+                         no_args_is_help=True)
 app.add_typer(users_app, name="users")
 app.add_typer(clients_app, name="clients")
 app.add_typer(keys_app, name="keys")
+app.add_typer(groups_app, name="groups")
 
 err = Console(stderr=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -209,6 +212,54 @@ def users_totp(name: Annotated[str, typer.Argument(help="Username.")],
     data = _run(_settings(data_dir=data_dir), job)
     _emit(as_json, data, f"TOTP enrolled for {name}\nsecret: {data['secret']}\n"
                          f"uri: {data['uri']}")
+
+
+# --- groups -----------------------------------------------------------------------------------
+@groups_app.command("create")
+def groups_create(name: Annotated[str, typer.Argument(help="Group name.")],
+                  role: Annotated[list[str] | None, typer.Option("--role")] = None,
+                  data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Create a group holding roles."""
+    from bastion.identity.users import create_group
+
+    async def job(p: Any) -> dict[str, Any]:
+        async with p.sessions.begin() as db:
+            group = await create_group(db, name, role or [])
+        return {"id": group.id, "name": group.name, "roles": group.roles}
+
+    data = _run(_settings(data_dir=data_dir), job)
+    _emit(as_json, data, f"created group {name} roles {', '.join(data['roles']) or '-'}")
+
+
+@groups_app.command("add-member")
+def groups_add_member(group: Annotated[str, typer.Argument()],
+                      username: Annotated[str, typer.Argument()],
+                      data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Add a user to a group."""
+    from bastion.identity.users import add_member
+
+    async def job(p: Any) -> dict[str, Any]:
+        async with p.sessions.begin() as db:
+            await add_member(db, group, username)
+        return {"group": group, "username": username}
+
+    data = _run(_settings(data_dir=data_dir), job)
+    _emit(as_json, data, f"added {username} to {group}")
+
+
+@groups_app.command("list")
+def groups_list(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """List groups with their roles and members."""
+    from bastion.identity.users import list_groups
+
+    async def job(p: Any) -> list[dict[str, Any]]:
+        async with p.sessions() as db:
+            return await list_groups(db)
+
+    rows = _run(_settings(data_dir=data_dir), job)
+    _emit(as_json, rows, "\n".join(f"{r['name']:20} roles {','.join(r['roles']) or '-'}  "
+                                   f"members {','.join(r['members']) or '-'}" for r in rows)
+          or "no groups")
 
 
 # --- clients ----------------------------------------------------------------------------------

@@ -86,3 +86,14 @@ async def add_member(db: AsyncSession, group_name: str, username: str) -> None:
     if group is None or user is None:
         raise IdentityError("no such group or user")
     await db.merge(GroupMember(group_id=group.id, user_id=user.id))
+
+
+async def list_groups(db: AsyncSession) -> list[dict[str, object]]:
+    groups = (await db.scalars(select(Group).order_by(Group.name))).all()
+    out: list[dict[str, object]] = []
+    for g in groups:
+        members = (await db.scalars(select(User.username).join(
+            GroupMember, GroupMember.user_id == User.id).where(GroupMember.group_id == g.id)
+            .order_by(User.username))).all()
+        out.append({"id": g.id, "name": g.name, "roles": g.roles, "members": list(members)})
+    return out
