@@ -30,10 +30,13 @@ run: $(VENV)/.installed
 	$(BIN)/bastion serve --dev --demo
 
 test: $(VENV)/.installed-test $(NODE_DIR)/node_modules/.installed system-deps
+	$(BIN)/ruff check src
+	$(BIN)/mypy -p bastion
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests
+	$(BIN)/mypy -p bastion
 
 clean:
 	rm -rf $(VENV) $(NODE_DIR)/node_modules bastion-data

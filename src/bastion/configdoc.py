@@ -1,4 +1,4 @@
-"""Render ``docs/configuration.md`` from the ``Settings`` model (``python -m bastion.configdoc``)."""
+"""Render ``docs/configuration.md`` from ``Settings``: ``python -m bastion.configdoc``."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def _hint_claims(provider: Provider, hint: str | None) -> dict[str, object] | No
     if not hint or len(hint) > 8192:
         return None
     try:
-        token = jwt.decode(hint, lambda obj: provider.keyring.public[obj.headers()["kid"]],  # type: ignore[arg-type]
+        token = jwt.decode(hint, lambda obj: provider.keyring.public[obj.headers()["kid"]],
                            algorithms=["ES256", "RS256", "EdDSA"])
     except (JoseError, KeyError, ValueError, TypeError):
         return None

@@ -98,8 +98,7 @@ class RedisKV:
         self._p = prefix
 
     async def get(self, key: str) -> bytes | None:
-        value: bytes | None = await self._r.get(self._p + key)
-        return value
+        return _bytes(await self._r.get(self._p + key))
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         await self._r.set(self._p + key, value, px=max(1, int(ttl * 1000)))
@@ -108,8 +107,7 @@ class RedisKV:
         return bool(await self._r.set(self._p + key, value, px=max(1, int(ttl * 1000)), nx=True))
 
     async def pop(self, key: str) -> bytes | None:
-        value: bytes | None = await self._r.getdel(self._p + key)
-        return value
+        return _bytes(await self._r.getdel(self._p + key))
 
     async def delete(self, key: str) -> None:
         await self._r.delete(self._p + key)
@@ -123,6 +121,10 @@ class RedisKV:
 
     async def close(self) -> None:
         await self._r.aclose()
+
+
+def _bytes(value: bytes | str | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
 
 
 def create_kv(redis_url: str | None, prefix: str = "bastion:") -> KV:

@@ -32,14 +32,16 @@ class Denylist:
         """Deny each (jti, expires_at). Call inside the caller's transaction; the KV is
         updated at once (a denial that outlives a rolled-back transaction is harmless)."""
         now = int(time.time())
-        rows = [{"jti": j, "expires_at": e, "revoked_at": now} for j, e in items if e > now]
+        live = [(j, e) for j, e in items if e > now]
+        rows: list[dict[str, str | int]] = [
+            {"jti": j, "expires_at": e, "revoked_at": now} for j, e in live]
         if not rows:
             return
-        dialect = db.bind.dialect.name
+        dialect = db.get_bind().dialect.name
         ins = pg_insert(RevokedToken) if dialect == "postgresql" else sqlite_insert(RevokedToken)
         await db.execute(ins.values(rows).on_conflict_do_nothing(index_elements=["jti"]))
-        for row in rows:
-            await self._kv.set(f"deny:{row['jti']}", b"1", row["expires_at"] - now + 1)
+        for jti, exp in live:
+            await self._kv.set(f"deny:{jti}", b"1", exp - now + 1)
 
     async def sync(self) -> int:
         """Copy revocations made elsewhere into the KV. Returns how many were loaded."""

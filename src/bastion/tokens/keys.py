@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from joserfc.jwk import ECKey, OKPKey, RSAKey
+from joserfc.jwk import ECKey, KeyParameters, OKPKey, RSAKey
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,7 +27,7 @@ RETIRE_MARGIN = 120  # seconds of clock skew allowance on top of the longest tok
 
 
 def generate_key(alg: str, kid: str) -> AnyKey:
-    params = {"kid": kid, "alg": alg, "use": "sig"}
+    params: KeyParameters = {"kid": kid, "alg": alg, "use": "sig"}
     if alg == "ES256":
         return ECKey.generate_key("P-256", parameters=params, private=True)
     if alg == "RS256":
@@ -38,7 +38,7 @@ def generate_key(alg: str, kid: str) -> AnyKey:
 
 
 def _import(alg: str, pem: bytes, kid: str) -> AnyKey:
-    params = {"kid": kid, "alg": alg, "use": "sig"}
+    params: KeyParameters = {"kid": kid, "alg": alg, "use": "sig"}
     cls: type[AnyKey] = {"ES256": ECKey, "RS256": RSAKey, "EdDSA": OKPKey}[alg]  # type: ignore[assignment]
     return cls.import_key(pem, parameters=params)
 
