@@ -78,6 +78,21 @@ def seconds(duration: str) -> float:
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
+def machine_busy() -> float:
+    """CPU-seconds spent busy by the whole machine so far (all CPUs, from /proc/stat)."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal ...
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)) \
+        / os.sysconf("SC_CLK_TCK")
+
+
+def other_load(window: float = 3.0) -> float:
+    """Cores' worth of CPU used by the machine during `window` seconds (nothing of ours runs)."""
+    b0 = machine_busy()
+    time.sleep(window)
+    return (machine_busy() - b0) / window
+
+
 def cpu_seconds(pid: int) -> float:
     """user+system CPU time of a live process (from /proc), in seconds."""
     try:
@@ -149,6 +164,7 @@ class Result:
     socket_errors: int = -1
     server_cpu: float = float("nan")   # server CPU-seconds per wall second during the run
     wrk_cpu: float = float("nan")      # wrk CPU-seconds per wall second
+    other_cpu: float = float("nan")    # everything else on the machine (noise), cores
     problems: list[str] = field(default_factory=list)
 
 
@@ -172,10 +188,12 @@ def run_wrk(a: Args, script: str, url: str, script_args: list[str], out: Path,
     log("  " + " ".join(shown))
     cpu0 = sum(cpu_seconds(p) for p in server_pids)
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy0 = machine_busy()
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True,
                           timeout=seconds(a.duration) + 60)
     wall = time.monotonic() - t0
+    busy1 = machine_busy()
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu1 = sum(cpu_seconds(p) for p in server_pids)
     text = proc.stdout + (("\n--- stderr ---\n" + proc.stderr) if proc.stderr else "")
@@ -194,6 +212,7 @@ def run_wrk(a: Args, script: str, url: str, script_args: list[str], out: Path,
                                              ("requests", "non2xx", "socket_errors"))
     r.server_cpu = (cpu1 - cpu0) / wall
     r.wrk_cpu = ((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)) / wall
+    r.other_cpu = max(0.0, (busy1 - busy0) / wall - r.server_cpu - r.wrk_cpu)
     if r.non2xx:
         r.problems.append(f"{r.non2xx} non-2xx responses")
     if r.socket_errors:
@@ -218,9 +237,23 @@ def bastion_cli(args: list[str], data_dir: Path, stdin: str | None = None) -> di
     return json.loads(proc.stdout)
 
 
-async def mint_bastion(base: str, client_id: str, secret: str, username: str, password: str,
-                       n: int, concurrency: int, deadline_s: float) -> list[str]:
-    """Refresh tokens from Bastion via the authorization code flow (PKCE), logging in once."""
+@dataclass
+class BastionClient:
+    base: str
+    client_id: str
+    secret: str
+    username: str
+    password: str
+
+
+async def mint_bastion(c: BastionClient, n: int, concurrency: int,
+                       deadline_s: float) -> list[str]:
+    """`n` refresh tokens from Bastion via the authorization code flow with PKCE: log in
+    and consent once, then (same cookie jar: session + remembered consent) every
+    GET /authorize redirects straight back with a code, exchanged at POST /token.
+    Stops early (with a warning) when `deadline_s` has passed."""
+    base, client_id, secret = c.base, c.client_id, c.secret
+    username, password = c.username, c.password
     auth = httpx.BasicAuth(quote(client_id, safe=""), quote(secret, safe=""))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base, follow_redirects=False, limits=limits,
@@ -286,13 +319,34 @@ async def mint_bastion(base: str, client_id: str, secret: str, username: str, pa
             nonlocal remaining
             while remaining > 0:
                 if time.monotonic() > deadline:
-                    raise BenchError(f"minting took longer than {deadline_s:.0f}s "
-                                     f"({len(tokens)}/{n}); lower --pool or raise --mint-timeout")
+                    if remaining:
+                        log(f"WARNING: minting stopped after {deadline_s:.0f}s with "
+                            f"{len(tokens)}/{n} tokens (--mint-timeout)")
+                    remaining = 0
+                    return
                 remaining -= 1
                 tokens.append(await one())
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return tokens
+
+
+def mint_to_file(c: BastionClient, n: int, opt: argparse.Namespace, path: Path,
+                 what: str) -> tuple[int, float]:
+    log(f"Bastion: minting {n} refresh tokens {what}({opt.mint_concurrency} flows in flight)")
+    t0 = time.monotonic()
+    tokens = asyncio.run(mint_bastion(c, n, opt.mint_concurrency, opt.mint_timeout))
+    took = time.monotonic() - t0
+    if len(set(tokens)) != len(tokens):
+        raise BenchError("Bastion returned duplicate refresh tokens")
+    path.write_text("\n".join(tokens) + "\n")
+    log(f"Bastion: minted {len(tokens)} in {took:.1f}s ({len(tokens) / took:.0f}/s)")
+    return len(tokens), took
+
+
+def pool_size(rate: float, duration: float) -> int:
+    """Tokens for one refresh run at `rate` req/s: 1.5x margin plus in-flight slack."""
+    return int(rate * duration * 1.5) + 200
 
 
 def bench_bastion(opt: argparse.Namespace, wa: Args, out: Path) -> dict[str, Result]:
@@ -308,6 +362,7 @@ def bench_bastion(opt: argparse.Namespace, wa: Args, out: Path) -> dict[str, Res
                              "--port", str(port), "--log-level", "warning"],
                             stdout=server_log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     results: dict[str, Result] = {}
+    mint_notes: list[str] = []
     try:
         wait_http(f"{base}/healthz", proc)
         client = bastion_cli(["clients", "create", "--name", "bench",
@@ -321,6 +376,7 @@ def bench_bastion(opt: argparse.Namespace, wa: Args, out: Path) -> dict[str, Res
         password = secrets.token_urlsafe(18)
         bastion_cli(["users", "create", "benchuser", "--password-stdin",
                      "--role", "order:view"], data_dir, stdin=password + "\n")
+        bc = BastionClient(base, cid, csecret, "benchuser", password)
         pids = [proc.pid]
 
         log("Bastion: scenario 1, client_credentials")
@@ -328,19 +384,38 @@ def bench_bastion(opt: argparse.Namespace, wa: Args, out: Path) -> dict[str, Res
             wa, "client_credentials.lua", f"{base}/token", [cid, csecret, "order:view"],
             out / "client_credentials.txt", pids)
 
-        log(f"Bastion: minting {opt.pool} refresh tokens ({opt.mint_concurrency} in flight)")
-        t0 = time.monotonic()
-        tokens = asyncio.run(mint_bastion(base, cid, csecret, "benchuser", password, opt.pool,
-                                          opt.mint_concurrency, opt.mint_timeout))
-        took = time.monotonic() - t0
-        log(f"Bastion: minted {len(tokens)} in {took:.1f}s ({len(tokens) / took:.0f}/s)")
-        if len(set(tokens)) != len(tokens):
-            raise BenchError("Bastion returned duplicate refresh tokens")
+        # Refresh pool. Minting is slow on Bastion (a code flow is two requests with several
+        # database writes), so with --pool auto a small pool is minted first and a short
+        # wrk probe with the same -t/-c measures the refresh rate; the real pool is sized
+        # from that. The probe's tokens are spent and never reused.
+        duration = seconds(wa.duration)
+        if opt.pool == "auto":
+            probe_file = out / "refresh_probe.tokens.txt"
+            got, took = mint_to_file(bc, opt.probe_pool, opt, probe_file, "for the probe ")
+            mint_notes.append(f"probe pool: {got} tokens in {took:.1f}s")
+            probe_args = Args(wa.threads, wa.conns, opt.probe_duration, wa.timeout)
+            log("Bastion: refresh rate probe")
+            probe = run_wrk(probe_args, "refresh.lua", f"{base}/token",
+                            [str(probe_file), str(wa.threads), cid, csecret],
+                            out / "refresh_probe.txt", pids)
+            if probe.non2xx or probe.socket_errors or probe.requests == 0:
+                raise BenchError(f"refresh probe failed: {probe.problems}")
+            if any("exhausted" in p for p in probe.problems):
+                # faster than the probe pool could show: the client_credentials rate is an
+                # upper bound (refresh does the same work plus database writes)
+                rate = results["client_credentials"].req_s
+                why = "probe pool exhausted, sized from the client_credentials rate"
+            else:
+                rate, why = probe.req_s, f"probe measured {probe.req_s:.0f} refresh/s"
+            n = min(pool_size(rate, duration), opt.pool_max)
+            mint_notes.append(f"pool auto: {why} -> {n} tokens (cap --pool-max {opt.pool_max})")
+            log(f"Bastion: {mint_notes[-1]}")
+        else:
+            n = int(opt.pool)
         pool_file = out / "refresh.tokens.txt"
-        pool_file.write_text("\n".join(tokens) + "\n")
-        (out / "mint.txt").write_text(f"minted {len(tokens)} refresh tokens in {took:.1f}s "
-                                      f"({len(tokens) / took:.0f}/s), concurrency "
-                                      f"{opt.mint_concurrency}\n")
+        got, took = mint_to_file(bc, n, opt, pool_file, "")
+        mint_notes.append(f"pool: minted {got} refresh tokens in {took:.1f}s "
+                          f"({got / took:.0f}/s), {opt.mint_concurrency} flows in flight")
 
         log("Bastion: scenario 2, refresh_token")
         results["refresh"] = run_wrk(wa, "refresh.lua", f"{base}/token",
@@ -359,6 +434,7 @@ def bench_bastion(opt: argparse.Namespace, wa: Args, out: Path) -> dict[str, Res
         results["bearer"] = run_wrk(wa, "bearer.lua", f"{base}/orders", [token],
                                     out / "bearer.txt", pids)
     finally:
+        (out / "mint.txt").write_text("\n".join(mint_notes) + "\n")
         stop(proc, "bastion")
         server_log.close()
         if not opt.keep_data:
@@ -454,12 +530,14 @@ def table(bastion: dict[str, Result], peer: dict[str, Result]) -> str:
 
 
 def cpu_table(bastion: dict[str, Result], peer: dict[str, Result]) -> str:
-    lines = ["| scenario | Bastion CPU | wrk CPU (Bastion run) | peer CPU | wrk CPU (peer run) |",
-             "|---|---:|---:|---:|---:|"]
+    """CPU use during each wrk run, in % of one core (the machine has nproc x 100%)."""
+    lines = ["| CPU, % of one core | Bastion | wrk | rest of machine | peer | wrk | rest of machine |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for s in SCENARIOS:
         b, p = bastion.get(s, Result(s)), peer.get(s, Result(s))
-        lines.append(f"| {LABELS[s]} | {fmt(b.server_cpu * 100)}% | {fmt(b.wrk_cpu * 100)}% | "
-                     f"{fmt(p.server_cpu * 100)}% | {fmt(p.wrk_cpu * 100)}% |")
+        cells = [fmt(x * 100) for x in (b.server_cpu, b.wrk_cpu, b.other_cpu,
+                                        p.server_cpu, p.wrk_cpu, p.other_cpu)]
+        lines.append(f"| {LABELS[s]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -499,6 +577,18 @@ def versions() -> dict[str, str]:
     }
 
 
+def pool_arg(v: str) -> str | int:
+    if v == "auto":
+        return v
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError("--pool takes a number or 'auto'") from None
+    if n < 10:
+        raise argparse.ArgumentTypeError("--pool: at least 10")
+    return n
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -506,15 +596,26 @@ def main() -> int:
     ap.add_argument("--conns", "-c", type=int, default=16, help="wrk -c (default 16)")
     ap.add_argument("--duration", "-d", default="10s", help="wrk -d (default 10s)")
     ap.add_argument("--wrk-timeout", default=None, help="wrk --timeout (default: wrk's 2s)")
-    ap.add_argument("--pool", type=int, default=15000,
-                    help="Bastion refresh tokens to mint (default 15000; needs >= req/s x "
-                         "duration, one token per request)")
+    ap.add_argument("--pool", default="auto", type=pool_arg,
+                    help="Bastion refresh tokens to mint, or 'auto' (default): mint "
+                         "--probe-pool tokens, measure the refresh rate with a "
+                         "--probe-duration wrk run, then mint rate x duration x 1.5 + 200")
+    ap.add_argument("--probe-pool", type=int, default=600,
+                    help="tokens for the auto-sizing probe (default 600)")
+    ap.add_argument("--probe-duration", default="2s", help="probe wrk -d (default 2s)")
+    ap.add_argument("--pool-max", type=int, default=20000,
+                    help="cap for the auto-sized Bastion pool (default 20000)")
     ap.add_argument("--peer-pool", type=int, default=20000,
                     help="peer refresh tokens to mint (default 20000, as bench/peer/run.sh)")
     ap.add_argument("--mint-concurrency", type=int, default=16,
                     help="Bastion minting: flows in flight (default 16)")
     ap.add_argument("--mint-timeout", type=float, default=150.0,
                     help="give up minting a pool after this many seconds (default 150)")
+    ap.add_argument("--wait-quiet", type=float, default=0,
+                    help="wait up to this many seconds for the machine to be idle first")
+    ap.add_argument("--quiet-threshold", type=float, default=0.15,
+                    help="idle means other processes use less than this many cores "
+                         "(default 0.15)")
     ap.add_argument("--only", choices=("bastion", "peer"), help="run one side only")
     ap.add_argument("--bastion-port", type=int, help="default: a free port")
     ap.add_argument("--peer-port", type=int, help="oidc-provider port (default: a free port)")
@@ -539,6 +640,14 @@ def main() -> int:
     command = " ".join([".venv/bin/python", "bench/run.py", *sys.argv[1:]])
     t0 = time.monotonic()
     log(f"output: {out}")
+    noise = other_load()
+    while noise > opt.quiet_threshold and time.monotonic() - t0 < opt.wait_quiet:
+        log(f"machine busy ({noise * 100:.0f}% of a core used by other processes), waiting")
+        time.sleep(5)
+        noise = other_load()
+    if noise > opt.quiet_threshold:
+        log(f"WARNING: the machine is not idle: {noise * 100:.0f}% of a core in use by other "
+            f"processes before the run; figures will be disturbed")
     bastion: dict[str, Result] = {}
     peer: dict[str, Result] = {}
     failure = None
@@ -556,7 +665,20 @@ def main() -> int:
     info = versions()
     text = [f"wrk -t{opt.threads} -c{opt.conns} -d{opt.duration} --latency; "
             f"pools: Bastion {opt.pool}, peer {opt.peer_pool}; total {elapsed:.0f}s",
+            f"machine load before the run (other processes): {noise * 100:.0f}% of a core",
             "", table(bastion, peer), "", cpu_table(bastion, peer), ""]
+    for side in ("bastion", "peer"):
+        f = out / side / "mint.txt"
+        if f.exists():
+            text += [f"{side} refresh pool: " + "; ".join(
+                line.strip() for line in f.read_text().splitlines() if line.strip())]
+    text.append("")
+    disturbed = [f"{side} {r.name}: {r.other_cpu * 100:.0f}%"
+                 for side, res in (("Bastion", bastion), ("peer", peer))
+                 for r in res.values() if r.other_cpu > opt.quiet_threshold]
+    if disturbed:
+        text.append("WARNING: other processes used CPU during: " + ", ".join(disturbed)
+                    + " (of one core); rerun on an idle machine")
     problems = [f"{side} {r.name}: {p}" for side, res in (("Bastion", bastion), ("peer", peer))
                 for r in res.values() for p in r.problems]
     if failure:
@@ -569,6 +691,7 @@ def main() -> int:
     (out / "summary.txt").write_text(f"$ {command}\n{json.dumps(info, indent=1)}\n\n{report}\n")
     (out / "summary.json").write_text(json.dumps({
         "command": command, "info": info, "elapsed_s": round(elapsed, 1),
+        "load_before": round(noise, 3),
         "params": {"threads": opt.threads, "conns": opt.conns, "duration": opt.duration,
                    "pool": opt.pool, "peer_pool": opt.peer_pool},
         "bastion": {k: vars(v) for k, v in bastion.items()},

@@ -274,6 +274,9 @@ def clients_create(
     post_logout_redirect_uri: Annotated[list[str] | None, typer.Option("--post-logout-redirect-uri")] = None,
     jwks_file: Annotated[Path | None, typer.Option("--jwks-file", help="Public JWKS for private_key_jwt.")] = None,
     client_id: Annotated[str | None, typer.Option("--client-id", help="Choose the client_id.")] = None,
+    auth_method: Annotated[str | None, typer.Option(
+        "--auth-method", help="token_endpoint_auth_method: client_secret_basic (default), "
+        "client_secret_post, private_key_jwt (with --jwks-file) or none (with --public).")] = None,
     data_dir: DataDir = None,
     as_json: JsonOut = False,
 ) -> None:
@@ -296,7 +299,8 @@ def clients_create(
             client, secret = await create_client(
                 db, p.wrapper, name=name, redirect_uris=redirect_uri or [], public=public,
                 scopes=scope, grant_types=grant_type, roles=role, jwks=jwks,
-                post_logout_redirect_uris=post_logout_redirect_uri, client_id=client_id)
+                post_logout_redirect_uris=post_logout_redirect_uri, client_id=client_id,
+                auth_method=auth_method)
         data = {"client_id": client.client_id, "name": client.name,
                 "token_endpoint_auth_method": client.auth_method,
                 "redirect_uris": client.redirect_uris, "grant_types": client.grant_types,

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
-from playwright.sync_api import BrowserContext, ConsoleMessage, Page, expect
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Response, expect
 
 from tests.browser.conftest import SCOPES, RelyingParty, https
 from tests.live import LiveServer
@@ -54,7 +58,7 @@ def query_of(url: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
 
 
-def at_callback(rp: RelyingParty):
+def at_callback(rp: RelyingParty) -> Callable[[str], bool]:
     return lambda url: url.startswith(rp.redirect_uri + "?")
 
 
@@ -65,23 +69,19 @@ def track_navigations(page: Page) -> list[str]:
     return urls
 
 
-def login(page: Page, server: LiveServer, username: str, password: str) -> None:
-    expect(page).to_have_url(f"{server.url}/login?r=" + "*" if False else _login_re(server))
-    page.fill("#username", username)
-    page.fill("#password", password)
-    page.click("#submit")
-
-
-def _login_re(server: LiveServer):
-    import re
-
+def _login_re(server: LiveServer) -> re.Pattern[str]:
     return re.compile(re.escape(server.url) + r"/login\?r=[\w-]+$")
 
 
-def _consent_re(server: LiveServer):
-    import re
-
+def _consent_re(server: LiveServer) -> re.Pattern[str]:
     return re.compile(re.escape(server.url) + r"/consent\?r=[\w-]+$")
+
+
+def login(page: Page, server: LiveServer, username: str, password: str) -> None:
+    expect(page).to_have_url(_login_re(server))
+    page.fill("#username", username)
+    page.fill("#password", password)
+    page.click("#submit")
 
 
 def callback_params(page: Page, rp: RelyingParty, req: AuthRequest, server: LiveServer
@@ -138,7 +138,7 @@ def full_flow(page: Page, server: LiveServer, client: dict, rp: RelyingParty,
 
 def test_code_flow_login_consent_and_token(context: BrowserContext, live_server: LiveServer,
                                            client: dict, relying_party: RelyingParty,
-                                           user: tuple[str, str], artifacts) -> None:
+                                           user: tuple[str, str], artifacts: Path) -> None:
     page = context.new_page()
     req = authorize_url(live_server, client, relying_party)
     response = page.goto(req.url)
@@ -227,12 +227,20 @@ def test_session_and_consent_are_remembered(context: BrowserContext, live_server
 def test_prompt_login_right_after_signing_in(context: BrowserContext, live_server: LiveServer,
                                              client: dict, relying_party: RelyingParty,
                                              user: tuple[str, str]) -> None:
-    """prompt=login must re-authenticate even when the session is only a moment old."""
+    """prompt=login must re-authenticate even when the session is a moment old, e.g. started
+    in the same wall-clock second as the new request (OIDC Core §3.1.2.1)."""
     page = context.new_page()
-    full_flow(page, live_server, client, relying_party, user)
-    req = authorize_url(live_server, client, relying_party, prompt="login")
-    page.goto(req.url)
+    page.goto(authorize_url(live_server, client, relying_party).url)
     expect(page).to_have_url(_login_re(live_server))
+    page.fill("#username", user[0])
+    page.fill("#password", user[1])
+    time.sleep(1 - time.time() % 1)  # sign in at the start of a second ...
+    page.click("#submit")
+    expect(page).to_have_url(_consent_re(live_server))
+    req = authorize_url(live_server, client, relying_party, prompt="login")
+    page.goto(req.url)  # ... and ask again, with prompt=login, within that second
+    expect(page).to_have_url(_login_re(live_server))
+    expect(page.locator("#username")).to_be_visible()
 
 
 # --- 3. wrong password; deny ----------------------------------------------------------------
@@ -296,11 +304,10 @@ def test_pages_cannot_be_framed(context: BrowserContext, live_server: LiveServer
     assert response is not None
     expect(page).to_have_url(_login_re(live_server))
     login_url = page.url
-    for r in (response, ):
-        headers = r.all_headers()
-        assert headers["x-frame-options"].upper() == "DENY"
-        directives = [d.strip() for d in headers["content-security-policy"].split(";")]
-        assert "frame-ancestors 'none'" in directives
+    headers = response.all_headers()
+    assert headers["x-frame-options"].upper() == "DENY"
+    directives = [d.strip() for d in headers["content-security-policy"].split(";")]
+    assert "frame-ancestors 'none'" in directives
 
     # the consent page carries the same headers
     page.fill("#username", user[0])
@@ -316,36 +323,47 @@ def test_pages_cannot_be_framed(context: BrowserContext, live_server: LiveServer
     # a control: the hostile page can frame a page that allows it (its own callback)
     evil = context.new_page()
     evil.goto(relying_party.frame_page(relying_party.redirect_uri))
-    frame = evil.frame_locator("#victim")
-    expect(frame.locator("#cb")).to_have_text("Callback")
+    expect(evil.frame_locator("#victim").locator("#cb")).to_have_text("Callback")
 
-    # and an actual attempt on the login and consent pages: Chromium refuses to render them
+    # and an actual attempt on the login and consent pages (and on /authorize, which
+    # redirects to the login page): the server answers, but Chromium refuses to render it
     for target in (login_url, consent_url, req.url):
         messages: list[str] = []
+        answered: list[tuple[str, dict[str, str]]] = []
 
         def on_console(msg: ConsoleMessage, sink: list[str] = messages) -> None:
             sink.append(msg.text)
 
+        def on_response(r: Response, sink: list = answered) -> None:
+            if r.url.startswith(live_server.url) and not 300 <= r.status < 400:
+                sink.append((path_of(r.url), r.headers))
+
         evil.on("console", on_console)
-        with evil.expect_response(lambda r, t=target: r.url == t or
-                                  path_of(r.url) in ("/login", "/consent")) as framed:
-            evil.goto(relying_party.frame_page(target))
-        assert framed.value.status in (200, 400)  # the server answered; the browser blocks
-        victim = evil.frame(name="victim")
-        assert victim is not None
+        evil.on("response", on_response)
+        evil.goto(relying_party.frame_page(target))
         expect(evil.locator("h1")).to_have_text("Evil page")
-        evil.wait_for_timeout(300)
-        assert victim.url.startswith("chrome-error://"), victim.url
+        frames = evil.main_frame.child_frames
+        assert len(frames) == 1
+        victim = frames[0]
+        deadline = time.monotonic() + 10
+        while not messages and time.monotonic() < deadline:
+            evil.wait_for_timeout(100)
+        evil.remove_listener("console", on_console)
+        evil.remove_listener("response", on_response)
+
+        assert answered and answered[-1][0] in ("/login", "/consent"), (target, answered)
+        assert answered[-1][1]["x-frame-options"].upper() == "DENY"
+        assert any("frame-ancestors 'none'" in m for m in messages), (target, messages)
+        assert victim.url.startswith("chrome-error://"), (target, victim.url)
         assert victim.locator("#username").count() == 0
         assert victim.locator("#allow").count() == 0
         assert victim.locator("form").count() == 0
-        evil.remove_listener("console", on_console)
-        assert any("frame-ancestors" in m or "X-Frame-Options" in m for m in messages), messages
+        assert "Bastion" not in victim.title()
 
 
 # --- 5. no JavaScript -------------------------------------------------------------------------
 
-def test_login_and_consent_without_javascript(browser, live_server: LiveServer, client: dict,
+def test_login_and_consent_without_javascript(browser: Browser, live_server: LiveServer, client: dict,
                                               relying_party: RelyingParty,
                                               user: tuple[str, str]) -> None:
     ctx = browser.new_context(ignore_https_errors=True, java_script_enabled=False)

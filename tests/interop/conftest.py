@@ -7,15 +7,11 @@ here: it belongs to the third-party libraries under test (Authlib, openid-client
 
 from __future__ import annotations
 
-import json
 import ssl
-import subprocess
-import sys
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from pathlib import Path
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -39,18 +35,7 @@ class Person:
 
 @pytest.fixture(scope="session")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    servers = start_live_server(tmp_path_factory.mktemp("interop"))
-    # tests/live.py polls /healthz with ``httpx.get(..., verify=str(ca))``, which httpx 0.28
-    # deprecates; with warnings as errors that would abort the start. Only that message is
-    # tolerated, and only while the helper starts and stops the server.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`verify=<str>` is deprecated",
-                                category=DeprecationWarning)
-        server = next(servers)
-    try:
-        yield server
-    finally:
-        servers.close()
+    yield from start_live_server(tmp_path_factory.mktemp("interop"))
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +47,7 @@ def alice(live: LiveServer) -> Person:
 
 def tls(live: LiveServer) -> ssl.SSLContext:
     """Trust exactly the test CA (the server certificate is for localhost/127.0.0.1)."""
-    return ssl.create_default_context(cafile=str(live.ca_file))
+    return live.ssl_context()
 
 
 def scope_args(scopes: list[str] = SCOPES, grants: list[str] = GRANTS) -> list[str]:
@@ -74,54 +59,16 @@ def scope_args(scopes: list[str] = SCOPES, grants: list[str] = GRANTS) -> list[s
     return args
 
 
-def register(live: LiveServer, name: str, redirect_uri: str, *extra: str) -> dict:
+def register(live: LiveServer, name: str, redirect_uri: str, *extra: str) -> dict[str, Any]:
     """Register a client with the real CLI (``bastion clients create ... --json``)."""
     return live.add_client(name, [redirect_uri], *scope_args(), *extra)
 
 
-_REGISTER_WITH_METHOD = """
-import asyncio, json, sys
-from pathlib import Path
-from bastion.config import load_settings
-from bastion.identity.clients import create_client
-from bastion.runtime import open_provider
-
-args = json.loads(sys.stdin.read())
-
-async def main():
-    provider = await open_provider(load_settings(data_dir=Path(args["data_dir"])))
-    try:
-        async with provider.sessions.begin() as db:
-            client, secret = await create_client(
-                db, provider.wrapper, name=args["name"], redirect_uris=args["redirect_uris"],
-                scopes=args["scopes"], grant_types=args["grant_types"],
-                auth_method=args["auth_method"])
-        print(json.dumps({"client_id": client.client_id, "client_secret": secret,
-                          "token_endpoint_auth_method": client.auth_method}))
-    finally:
-        await provider.close()
-
-asyncio.run(main())
-"""
-
-
 def register_with_auth_method(live: LiveServer, name: str, redirect_uri: str,
-                              auth_method: str) -> dict:
-    """Register a client whose ``token_endpoint_auth_method`` the CLI cannot choose.
-
-    ``bastion clients create`` only derives the method (``none`` with ``--public``,
-    ``private_key_jwt`` with ``--jwks-file``, else ``client_secret_basic``), although
-    discovery advertises ``client_secret_post``. This runs, in a separate process against
-    the live server's data directory, the same ``create_client`` the CLI calls, with the
-    method set explicitly.
-    """
-    payload = {"data_dir": str(live.data_dir), "name": name, "redirect_uris": [redirect_uri],
-               "scopes": SCOPES, "grant_types": GRANTS, "auth_method": auth_method}
-    out = subprocess.run([sys.executable, "-c", _REGISTER_WITH_METHOD], env=live.env,
-                         input=json.dumps(payload), capture_output=True, text=True,
-                         timeout=60, check=False)
-    assert out.returncode == 0, out.stderr
-    data: dict = json.loads(out.stdout)
+                              auth_method: str) -> dict[str, Any]:
+    """Register a client with an explicit ``token_endpoint_auth_method`` (CLI
+    ``--auth-method``)."""
+    data = register(live, name, redirect_uri, "--auth-method", auth_method)
     assert data["token_endpoint_auth_method"] == auth_method
     return data
 

@@ -58,7 +58,8 @@ LEEWAY = 30
 
 # --- helpers: Authlib does the protocol, these only sequence it ---------------------------------
 def discover(oauth: OAuth2Client, live: LiveServer) -> dict[str, Any]:
-    resp = oauth.request("GET", live.url + "/.well-known/openid-configuration", withhold_token=True)
+    resp = oauth.request("GET", live.url + "/.well-known/openid-configuration",
+                         withhold_token=True)
     assert resp.status_code == 200, resp.text
     meta: dict[str, Any] = resp.json()
     # OIDC Discovery §4.3: the issuer MUST be identical to the URL discovery was done with
@@ -354,6 +355,8 @@ def test_private_key_jwt(live: LiveServer, alice: Person, tmp_path: Path) -> Non
         assertion = jwt.decode(body["client_assertion"][0], key)
         assert assertion.header["alg"] == "ES256"
         assert assertion.claims["iss"] == assertion.claims["sub"] == client_id
+        assert assertion.claims["aud"] == meta["token_endpoint"] and assertion.claims["jti"]
+        assert assertion.claims["exp"] - assertion.claims["iat"] == 300
         assert "authorization" not in seen[-1].headers
 
         claims = validate_id_token(token["id_token"], meta, keys, client_id, nonce=nonce,

@@ -25,14 +25,14 @@ AUTH_METHODS_SUPPORTED = ("client_secret_basic", "client_secret_post", "private_
 def _basic(header: str) -> tuple[str, str]:
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "basic" or not value:
-        raise InvalidClient("unsupported authorization scheme", basic=True)
+        raise InvalidClient("unsupported authorization scheme")
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
-        raise InvalidClient("malformed Basic credentials", basic=True) from None
+        raise InvalidClient("malformed Basic credentials") from None
     user, sep, password = decoded.partition(":")
     if not sep:
-        raise InvalidClient("malformed Basic credentials", basic=True)
+        raise InvalidClient("malformed Basic credentials")
     # §2.3.1: client_id and secret are form-urlencoded before Basic encoding
     return unquote(user), unquote(password)
 
@@ -65,11 +65,10 @@ async def authenticate_client(request: Request, params: dict[str, str],
         raise InvalidClient("client authentication required")
 
     client = await provider.client(client_id)
-    basic = method == "client_secret_basic"
     if client is None or client.auth_method != method:
         # same answer for unknown clients and wrong methods: no client enumeration
-        raise InvalidClient("client authentication failed", basic=basic)
+        raise InvalidClient("client authentication failed")
     if method in ("client_secret_basic", "client_secret_post") and not secret_matches(
             provider.wrapper, client, secret):
-        raise InvalidClient("client authentication failed", basic=basic)
+        raise InvalidClient("client authentication failed")
     return client

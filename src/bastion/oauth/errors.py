@@ -50,15 +50,11 @@ class InvalidClient(OAuthError):
     error = "invalid_client"
     status_code = 401
 
-    def __init__(self, description: str | None = None, *, basic: bool = False,
-                 debug: str | None = None) -> None:
-        super().__init__(description, debug=debug)
-        self.basic = basic
-
     def headers(self) -> dict[str, str]:
         h = super().headers()
-        # RFC 6749 §5.2: MUST include WWW-Authenticate when the client used Authorization
-        h["WWW-Authenticate"] = 'Basic realm="bastion"' if self.basic else 'Bearer realm="bastion"'
+        # RFC 6749 §5.2: a 401 names the scheme the endpoint supports for client
+        # authentication (HTTP Basic); it MUST do so when the client used Authorization
+        h["WWW-Authenticate"] = 'Basic realm="bastion"'
         return h
 
 

@@ -34,6 +34,7 @@ from bastion.oauth.sessions import (
     create_session,
     csrf_ok,
     csrf_token,
+    end_session,
     load_session,
     read_cookie,
     set_cookie,
@@ -100,6 +101,10 @@ async def _login_form(provider: Provider, req: PendingRequest, browser: str, *,
 async def _signed_in(request: Request, provider: Provider, req: PendingRequest,
                      user: User, amr: list[str]) -> Response:
     async with provider.sessions.begin() as db:
+        previous = await load_session(db, read_cookie(request, SESSION_COOKIE,
+                                                      provider.secure_cookies))
+        if previous is not None:  # a login always starts a new session (no fixation)
+            await end_session(db, previous.sid)
         raw, _ = await create_session(db, user.id, amr, provider.settings.session_ttl)
     # the new cookie is not on this request yet: resume against a request that carries it
     request.cookies[_cookie(provider, SESSION_COOKIE)] = raw

@@ -19,7 +19,7 @@ from bastion.oauth.errors import InvalidClient, InvalidRequest
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ALGORITHMS = ["ES256", "ES384", "RS256", "PS256", "EdDSA"]
 MAX_ASSERTION = 8192
-MAX_LIFETIME = 600  # seconds an assertion may claim to live
+MAX_LIFETIME = 3600  # §3 4.: "unreasonably far in the future" is refused; Authlib signs 1 h
 
 
 async def verify_client_assertion(params: dict[str, str], provider: Any, endpoint: str) -> str:
@@ -71,6 +71,7 @@ async def verify_client_assertion(params: dict[str, str], provider: Any, endpoin
     jti = c.get("jti")
     if not isinstance(jti, str) or not jti or len(jti) > 256:
         raise InvalidClient("client_assertion jti required")
-    if not await provider.kv.add(f"assertion:{client_id}:{jti}", b"1", MAX_LIFETIME + 60):
+    # remember the jti for as long as the assertion could still be accepted
+    if not await provider.kv.add(f"assertion:{client_id}:{jti}", b"1", max(1, exp - now + 60)):
         raise InvalidClient("client_assertion replayed")
     return client_id

@@ -108,22 +108,32 @@ async function signInAndConsent (authorizationUrl, steps) {
 }
 
 // --- the relying party ---------------------------------------------------------------------
-function asError (err) {
-  // openid-client: ResponseBodyError (OAuth error JSON), or a local check that failed
-  return {
+async function asError (err) {
+  // openid-client throws ResponseBodyError (an OAuth error body), WWWAuthenticateChallengeError
+  // (a 401 with WWW-Authenticate; the body is left unread, so read it here), or a local check
+  const out = {
     name: err?.name,
     error: err?.error ?? null,
     status: err?.status ?? null,
     code: err?.code ?? null,
     message: String(err?.message ?? err)
   }
+  if (err?.code === 'OAUTH_WWW_AUTHENTICATE_CHALLENGE') {
+    out.challenges = err.cause
+    try {
+      out.body = await err.response.json()
+    } catch {
+      out.body = null
+    }
+  }
+  return out
 }
 
 async function attempt (fn) {
   try {
     return { ok: true, value: await fn() }
   } catch (err) {
-    return { ok: false, error: asError(err) }
+    return { ok: false, error: await asError(err) }
   }
 }
 
@@ -195,11 +205,6 @@ async function main () {
   summary.nonce = nonce
   summary.id_token_claims = claims
 
-  // a second exchange of the same code must fail (single use)
-  summary.code_replay = await attempt(() => client.authorizationCodeGrant(config,
-    new URL(callback), { pkceCodeVerifier: codeVerifier, expectedNonce: nonce, expectedState: state }))
-  if (summary.code_replay.ok) summary.code_replay.value = '<tokens>'
-
   const userinfo = await attempt(() => client.fetchUserInfo(config, tokens.access_token, claims.sub))
   summary.userinfo = userinfo.ok ? { ok: true, value: { ...userinfo.value } } : userinfo
   summary.userinfo_wrong_subject = await attempt(() =>
@@ -236,13 +241,18 @@ async function main () {
   summary.userinfo_after_revocation = await attempt(() =>
     client.fetchUserInfo(config, r.access_token, claims.sub))
   summary.confidential = confidential
+
+  // last (a replayed code revokes what was issued from it): the code is single use
+  summary.code_replay = await attempt(() => client.authorizationCodeGrant(config,
+    new URL(callback), { pkceCodeVerifier: codeVerifier, expectedNonce: nonce, expectedState: state }))
+  if (summary.code_replay.ok) summary.code_replay.value = '<tokens>'
   return summary
 }
 
 try {
   process.stdout.write(JSON.stringify(await main()) + '\n')
 } catch (err) {
-  process.stderr.write(`${err?.stack ?? err}\n${JSON.stringify(asError(err))}\n`)
+  process.stderr.write(`${err?.stack ?? err}\n${JSON.stringify(await asError(err))}\n`)
   if (err?.cause) process.stderr.write(`cause: ${JSON.stringify(err.cause)}\n`)
   process.exitCode = 1
 }
