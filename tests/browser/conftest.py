@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import html
 import itertools
-import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Playwright, sync_playwright
 
@@ -31,23 +30,6 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 SCOPES = ["openid", "profile", "order:view"]
 
 _ids = itertools.count(1)
-
-# tests/live.py polls /healthz with httpx's ``verify=<str>``, deprecated in httpx 0.28; with
-# warnings as errors that would fail every live-server test. Our own code passes an SSLContext.
-LIVE_PY_WARNING = "ignore:`verify=<str>` is deprecated:DeprecationWarning"
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.filterwarnings(LIVE_PY_WARNING))
-
-
-def https(server: LiveServer) -> httpx.Client:
-    """An HTTP client for the live server that trusts only the test CA."""
-    ctx = ssl.create_default_context(cafile=str(server.ca_file))
-    return httpx.Client(base_url=server.url, verify=ctx, timeout=30)
 
 
 @dataclass
@@ -143,7 +125,7 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
 
 
 @pytest.fixture
-def client(live_server: LiveServer, relying_party: RelyingParty) -> dict:
+def client(live_server: LiveServer, relying_party: RelyingParty) -> dict[str, Any]:
     n = next(_ids)
     args = [a for s in SCOPES for a in ("--scope", s)]
     data = live_server.add_client(f"Shop App {n}", [relying_party.redirect_uri], *args)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
@@ -23,8 +24,9 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Response, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from tests.browser.conftest import SCOPES, RelyingParty, https
+from tests.browser.conftest import SCOPES, RelyingParty
 from tests.live import LiveServer
 
 pytestmark = pytest.mark.browser
@@ -38,7 +40,7 @@ class AuthRequest:
     verifier: str
 
 
-def authorize_url(server: LiveServer, client: dict, rp: RelyingParty, **extra: str
+def authorize_url(server: LiveServer, client: dict[str, Any], rp: RelyingParty, **extra: str
                   ) -> AuthRequest:
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
@@ -84,33 +86,44 @@ def login(page: Page, server: LiveServer, username: str, password: str) -> None:
     page.click("#submit")
 
 
+def wait_for_callback(page: Page, rp: RelyingParty) -> None:
+    """Wait until the browser lands on the client's redirect URI; if it does not, say where
+    it is stuck and what the browser complained about (e.g. a CSP violation)."""
+    try:
+        page.wait_for_url(at_callback(rp))
+    except PlaywrightTimeoutError:
+        errors = [m.text for m in page.console_messages() if m.type == "error"]
+        raise AssertionError(f"never reached {rp.redirect_uri}: stuck on {page.url}; "
+                             f"browser console errors: {errors}") from None
+    expect(page.locator("#cb")).to_have_text("Callback")  # really landed on our server
+
+
 def callback_params(page: Page, rp: RelyingParty, req: AuthRequest, server: LiveServer
                     ) -> dict[str, str]:
-    page.wait_for_url(at_callback(rp))
-    expect(page.locator("#cb")).to_have_text("Callback")  # really landed on our server
+    wait_for_callback(page, rp)
     params = query_of(page.url)
     assert params["state"] == req.state
     assert params["iss"] == server.url  # RFC 9207 §2
     return params
 
 
-def exchange(server: LiveServer, client: dict, rp: RelyingParty, code: str, verifier: str
+def exchange(server: LiveServer, client: dict[str, Any], rp: RelyingParty, code: str, verifier: str
              ) -> httpx.Response:
-    with https(server) as http:
+    with server.http() as http:
         return http.post("/token", auth=(client["client_id"], client["client_secret"]),
                          data={"grant_type": "authorization_code", "code": code,
                                "redirect_uri": rp.redirect_uri, "code_verifier": verifier})
 
 
-def check_tokens(server: LiveServer, client: dict, rp: RelyingParty, code: str,
-                 req: AuthRequest, username: str) -> dict:
+def check_tokens(server: LiveServer, client: dict[str, Any], rp: RelyingParty, code: str,
+                 req: AuthRequest, username: str) -> dict[str, Any]:
     r = exchange(server, client, rp, code, req.verifier)
     assert r.status_code == 200, r.text
     tokens = r.json()
     assert tokens["token_type"].lower() == "bearer"
     assert tokens["access_token"]
     assert set(tokens["scope"].split()) == set(SCOPES)
-    with https(server) as http:
+    with server.http() as http:
         jwks_uri = http.get("/.well-known/openid-configuration").json()["jwks_uri"]
         keys = KeySet.import_key_set(http.get(jwks_uri).json())
         claims = jwt.decode(tokens["id_token"], keys).claims
@@ -121,10 +134,10 @@ def check_tokens(server: LiveServer, client: dict, rp: RelyingParty, code: str,
     assert claims["nonce"] == req.nonce
     assert info.status_code == 200, info.text
     assert info.json()["preferred_username"] == username
-    return tokens
+    return dict(tokens)
 
 
-def full_flow(page: Page, server: LiveServer, client: dict, rp: RelyingParty,
+def full_flow(page: Page, server: LiveServer, client: dict[str, Any], rp: RelyingParty,
               user: tuple[str, str], **extra: str) -> tuple[AuthRequest, dict[str, str]]:
     req = authorize_url(server, client, rp, **extra)
     page.goto(req.url)
@@ -137,7 +150,7 @@ def full_flow(page: Page, server: LiveServer, client: dict, rp: RelyingParty,
 # --- 1. the chapter's flow -------------------------------------------------------------------
 
 def test_code_flow_login_consent_and_token(context: BrowserContext, live_server: LiveServer,
-                                           client: dict, relying_party: RelyingParty,
+                                           client: dict[str, Any], relying_party: RelyingParty,
                                            user: tuple[str, str], artifacts: Path) -> None:
     page = context.new_page()
     req = authorize_url(live_server, client, relying_party)
@@ -188,7 +201,7 @@ def test_code_flow_login_consent_and_token(context: BrowserContext, live_server:
 # --- 2. session and remembered consent; prompt=consent, prompt=login -------------------------
 
 def test_session_and_consent_are_remembered(context: BrowserContext, live_server: LiveServer,
-                                            client: dict, relying_party: RelyingParty,
+                                            client: dict[str, Any], relying_party: RelyingParty,
                                             user: tuple[str, str]) -> None:
     page = context.new_page()
     full_flow(page, live_server, client, relying_party, user)
@@ -225,7 +238,7 @@ def test_session_and_consent_are_remembered(context: BrowserContext, live_server
 
 
 def test_prompt_login_right_after_signing_in(context: BrowserContext, live_server: LiveServer,
-                                             client: dict, relying_party: RelyingParty,
+                                             client: dict[str, Any], relying_party: RelyingParty,
                                              user: tuple[str, str]) -> None:
     """prompt=login must re-authenticate even when the session is a moment old, e.g. started
     in the same wall-clock second as the new request (OIDC Core §3.1.2.1)."""
@@ -246,8 +259,8 @@ def test_prompt_login_right_after_signing_in(context: BrowserContext, live_serve
 # --- 3. wrong password; deny ----------------------------------------------------------------
 
 def test_wrong_password_then_deny(context: BrowserContext, live_server: LiveServer,
-                                  client: dict, relying_party: RelyingParty,
-                                  user: tuple[str, str]) -> None:
+                                  client: dict[str, Any], relying_party: RelyingParty,
+                                  user: tuple[str, str], artifacts: Path) -> None:
     page = context.new_page()
     req = authorize_url(live_server, client, relying_party)
     page.goto(req.url)
@@ -268,6 +281,7 @@ def test_wrong_password_then_deny(context: BrowserContext, live_server: LiveServ
     expect(page.locator("#username")).to_have_value(user[0])  # kept for the retry
     expect(page.locator("#password")).to_have_value("")  # never echoed back
     assert not relying_party_hit(relying_party, req)
+    page.screenshot(path=str(artifacts / "login-error.png"), full_page=True)
 
     # the same form works for the retry
     page.fill("#password", user[1])
@@ -276,7 +290,7 @@ def test_wrong_password_then_deny(context: BrowserContext, live_server: LiveServ
     assert page.url != login_url
 
     page.click("#deny")
-    page.wait_for_url(at_callback(relying_party))
+    wait_for_callback(page, relying_party)
     params = query_of(page.url)
     assert params["error"] == "access_denied"
     assert params["state"] == req.state
@@ -296,7 +310,7 @@ def relying_party_hit(rp: RelyingParty, req: AuthRequest) -> bool:
 # --- 4. clickjacking --------------------------------------------------------------------------
 
 def test_pages_cannot_be_framed(context: BrowserContext, live_server: LiveServer,
-                                client: dict, relying_party: RelyingParty,
+                                client: dict[str, Any], relying_party: RelyingParty,
                                 user: tuple[str, str]) -> None:
     page = context.new_page()
     req = authorize_url(live_server, client, relying_party)
@@ -334,7 +348,7 @@ def test_pages_cannot_be_framed(context: BrowserContext, live_server: LiveServer
         def on_console(msg: ConsoleMessage, sink: list[str] = messages) -> None:
             sink.append(msg.text)
 
-        def on_response(r: Response, sink: list = answered) -> None:
+        def on_response(r: Response, sink: list[tuple[str, dict[str, str]]] = answered) -> None:
             if r.url.startswith(live_server.url) and not 300 <= r.status < 400:
                 sink.append((path_of(r.url), r.headers))
 
@@ -363,7 +377,7 @@ def test_pages_cannot_be_framed(context: BrowserContext, live_server: LiveServer
 
 # --- 5. no JavaScript -------------------------------------------------------------------------
 
-def test_login_and_consent_without_javascript(browser: Browser, live_server: LiveServer, client: dict,
+def test_login_and_consent_without_javascript(browser: Browser, live_server: LiveServer, client: dict[str, Any],
                                               relying_party: RelyingParty,
                                               user: tuple[str, str]) -> None:
     ctx = browser.new_context(ignore_https_errors=True, java_script_enabled=False)

@@ -206,8 +206,8 @@ def _login_is_fresh(req: PendingRequest, session: Session) -> bool:
     now = int(time.time())
     if req.max_age is not None and now - session.auth_time > req.max_age:
         return False  # OIDC Core §3.1.2.1 max_age: MUST actively re-authenticate
-    if "login" in req.prompt and session.auth_time < req.created_at:
-        return False  # prompt=login: MUST reauthenticate
+    if "login" in req.prompt:
+        return False  # prompt=login: MUST reauthenticate (cleared once the user has)
     return True
 
 

@@ -3,9 +3,11 @@ CSRF-protected, never framed (RFC 9700 §4.16 clickjacking: frame-ancestors 'non
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import select
@@ -13,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from bastion.identity import totp
+from bastion.identity.clients import is_loopback_host
 from bastion.identity.passwords import verify_password
 from bastion.identity.users import get_user_by_name
 from bastion.kms import UnwrapError
@@ -45,13 +48,40 @@ _ENV = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                    autoescape=select_autoescape(default=True))
 
 PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+
+
+def csp_source(url: str) -> str | None:
+    """The CSP source expression matching ``url``'s origin (or scheme, for private-use
+    schemes of native apps), or None when it cannot be expressed safely."""
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        host = parts.hostname or ""
+        if not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+", host):
+            return None
+        netloc = f"[{host}]" if ":" in host else host
+        # loopback redirect URIs may use any port (RFC 8252 §7.3)
+        port = ":*" if is_loopback_host(host) else (f":{parts.port}" if parts.port else "")
+        return f"{parts.scheme}://{netloc}{port}"
+    if re.fullmatch(r"[a-z][a-z0-9+.\-]*", parts.scheme):
+        return f"{parts.scheme}:"
+    return None
+
+
+def page_headers(form_targets: tuple[str, ...] = ()) -> dict[str, str]:
+    """Security headers for a page. ``form-action`` also covers where a form's response
+    redirects (browsers enforce it on the 303 to the client), so a page whose form can end
+    at the client's redirect URI must name that origin."""
+    sources = " ".join(["'self'", *(src for u in form_targets if (src := csp_source(u)))])
+    return {**PAGE_HEADERS,
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                                       f"form-action {sources}; frame-ancestors 'none'; "
+                                       "base-uri 'none'"}
+
 
 SCOPE_TEXT = {
     "openid": "Confirm your identity",
@@ -63,9 +93,10 @@ SCOPE_TEXT = {
 }
 
 
-def render(template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+def render(template: str, status: int = 200, *, form_targets: tuple[str, ...] = (),
+           **ctx: Any) -> HTMLResponse:
     html = _ENV.get_template(template).render(**ctx)
-    return HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
+    return HTMLResponse(html, status_code=status, headers=page_headers(form_targets))
 
 
 def error_page(message: str, status: int = 400, title: str = "Request refused") -> HTMLResponse:
@@ -93,7 +124,8 @@ async def _client_name(provider: Provider, req: PendingRequest) -> str:
 async def _login_form(provider: Provider, req: PendingRequest, browser: str, *,
                       message: str | None = None, username: str = "",
                       status: int = 200) -> HTMLResponse:
-    return render("login.html", status, title="Sign in", request_id=req.id,
+    return render("login.html", status, form_targets=(req.redirect_uri,), title="Sign in",
+                  request_id=req.id,
                   csrf=csrf_token(browser, req.id), client_name=await _client_name(provider, req),
                   message=message, username=username)
 
@@ -106,6 +138,9 @@ async def _signed_in(request: Request, provider: Provider, req: PendingRequest,
         if previous is not None:  # a login always starts a new session (no fixation)
             await end_session(db, previous.sid)
         raw, _ = await create_session(db, user.id, amr, provider.settings.session_ttl)
+    if "login" in req.prompt:  # prompt=login is now satisfied for this request
+        req.prompt = [p for p in req.prompt if p != "login"]
+        await save_pending(provider, req)
     # the new cookie is not on this request yet: resume against a request that carries it
     request.cookies[_cookie(provider, SESSION_COOKIE)] = raw
     try:
@@ -174,7 +209,8 @@ async def login_submit(provider: Provider, request: Request) -> Response:
 
 async def _mfa_form(req: PendingRequest, browser: str, message: str | None = None,
                     status: int = 200) -> HTMLResponse:
-    return render("mfa.html", status, title="Verify", request_id=req.id,
+    return render("mfa.html", status, form_targets=(req.redirect_uri,), title="Verify",
+                  request_id=req.id,
                   csrf=csrf_token(browser, req.id), message=message)
 
 
@@ -235,7 +271,8 @@ async def consent_page(provider: Provider, request: Request) -> Response:
     if session is None or user is None:
         return RedirectResponse(f"/login?r={req.id}", status_code=303)
     scopes = [{"name": s, "text": SCOPE_TEXT.get(s, s)} for s in req.scopes]
-    return render("consent.html", title="Consent", request_id=req.id,
+    return render("consent.html", form_targets=(req.redirect_uri,), title="Consent",
+                  request_id=req.id,
                   csrf=csrf_token(browser, req.id), client_name=await _client_name(provider, req),
                   scopes=scopes, username=user.username)
 

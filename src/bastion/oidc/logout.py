@@ -83,6 +83,7 @@ async def logout_endpoint(provider: Provider, request: Request) -> Response:
     if session is not None and not (confirmed or hint_matches):
         carry = {k: params[k] for k in _CARRY if k in params}
         response: Response = render("logout.html", title="Sign out", signed_in=True,
+                                    form_targets=(target,) if target else (),
                                     client_name=client.name if client else None,
                                     csrf=_csrf(browser), carry=carry)
         if fresh:
