@@ -68,7 +68,7 @@ class BenchError(RuntimeError):
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def seconds(duration: str) -> float:
@@ -91,6 +91,23 @@ def other_load(window: float = 3.0) -> float:
     b0 = machine_busy()
     time.sleep(window)
     return (machine_busy() - b0) / window
+
+
+QUIET = {"deadline": 0.0, "threshold": 0.15}   # set from --wait-quiet / --quiet-threshold
+
+
+def await_quiet(what: str) -> float:
+    """Wait (until the --wait-quiet deadline) for other processes to leave the CPUs alone;
+    returns the last load seen, in cores. Called before every wrk run and at the start."""
+    noise = other_load(2.0)
+    while noise > QUIET["threshold"] and time.monotonic() < QUIET["deadline"]:
+        log(f"  machine busy ({noise * 100:.0f}% of a core used by other processes), "
+            f"waiting before {what}")
+        time.sleep(3)
+        noise = other_load(2.0)
+    if noise > QUIET["threshold"]:
+        log(f"  WARNING: {noise * 100:.0f}% of a core in use by other processes before {what}")
+    return noise
 
 
 def cpu_seconds(pid: int) -> float:
@@ -184,6 +201,7 @@ def run_wrk(a: Args, script: str, url: str, script_args: list[str], out: Path,
     cmd += ["-s", str(LUA / script), url]
     if script_args:
         cmd += ["--", *script_args]
+    await_quiet(out.name)
     shown = [c if len(c) < 80 else c[:20] + "..." for c in cmd]
     log("  " + " ".join(shown))
     cpu0 = sum(cpu_seconds(p) for p in server_pids)
@@ -216,7 +234,8 @@ def run_wrk(a: Args, script: str, url: str, script_args: list[str], out: Path,
     if r.non2xx:
         r.problems.append(f"{r.non2xx} non-2xx responses")
     if r.socket_errors:
-        r.problems.append(f"{r.socket_errors} socket errors")
+        r.problems.append(f"{r.socket_errors} socket errors (timeouts are left out of wrk's "
+                          "latency figures, so p99 is understated; see --wrk-timeout)")
     if "EXHAUSTED" in proc.stdout:
         r.problems.append("refresh token pool exhausted (req/s under-reported); raise the pool")
     if r.requests == 0:
@@ -234,7 +253,8 @@ def bastion_cli(args: list[str], data_dir: Path, stdin: str | None = None) -> di
     if proc.returncode != 0:
         raise BenchError(f"bastion {' '.join(args[:2])} failed ({proc.returncode}): "
                          f"{proc.stderr.strip()[-500:]}")
-    return json.loads(proc.stdout)
+    info: dict[str, Any] = json.loads(proc.stdout)
+    return info
 
 
 @dataclass
@@ -331,6 +351,15 @@ async def mint_bastion(c: BastionClient, n: int, concurrency: int,
     return tokens
 
 
+def warmup(opt: argparse.Namespace, wa: Args, script: str, url: str, args: list[str],
+           out: Path) -> None:
+    """Optional (--warmup): load the token endpoint before measuring; output kept apart."""
+    if opt.warmup and seconds(opt.warmup) > 0:
+        log(f"  warm-up {opt.warmup} (not measured)")
+        run_wrk(Args(wa.threads, wa.conns, opt.warmup, wa.timeout), script, url, args,
+                out / "warmup.txt", [])
+
+
 def mint_to_file(c: BastionClient, n: int, opt: argparse.Namespace, path: Path,
                  what: str) -> tuple[int, float]:
     log(f"Bastion: minting {n} refresh tokens {what}({opt.mint_concurrency} flows in flight)")
@@ -345,8 +374,9 @@ def mint_to_file(c: BastionClient, n: int, opt: argparse.Namespace, path: Path,
 
 
 def pool_size(rate: float, duration: float) -> int:
-    """Tokens for one refresh run at `rate` req/s: 1.5x margin plus in-flight slack."""
-    return int(rate * duration * 1.5) + 200
+    """Tokens for one refresh run at `rate` req/s. The margin is wide (2x + 300) because a
+    2-second probe is noisy and minting more later is not possible mid-run."""
+    return int(rate * duration * 2) + 300
 
 
 def bench_bastion(opt: argparse.Namespace, wa: Args, out: Path) -> dict[str, Result]:
@@ -379,6 +409,8 @@ def bench_bastion(opt: argparse.Namespace, wa: Args, out: Path) -> dict[str, Res
         bc = BastionClient(base, cid, csecret, "benchuser", password)
         pids = [proc.pid]
 
+        warmup(opt, wa, "client_credentials.lua", f"{base}/token", [cid, csecret, "order:view"],
+               out)
         log("Bastion: scenario 1, client_credentials")
         results["client_credentials"] = run_wrk(
             wa, "client_credentials.lua", f"{base}/token", [cid, csecret, "order:view"],
@@ -466,6 +498,7 @@ def bench_peer(opt: argparse.Namespace, wa: Args, out: Path) -> dict[str, Result
         wait_http(f"{issuer}/jwks", procs[0])
         provider_pid, resource_pid = procs[0].pid, procs[1].pid
 
+        warmup(opt, wa, "client_credentials.lua", f"{issuer}/token", [], out)
         log("peer: scenario 1, client_credentials")
         results["client_credentials"] = run_wrk(
             wa, "client_credentials.lua", f"{issuer}/token", [], out / "client_credentials.txt",
@@ -498,7 +531,7 @@ def bench_peer(opt: argparse.Namespace, wa: Args, out: Path) -> dict[str, Result
         results["bearer"] = run_wrk(wa, "bearer.lua", f"{rbase}/orders", [token],
                                     out / "bearer.txt", [resource_pid])
     finally:
-        for p, name in zip(procs, ("provider", "resource")):
+        for p, name in zip(procs, ("provider", "resource"), strict=False):
             stop(p, name)
         for f in logs:
             f.close()
@@ -521,7 +554,8 @@ def table(bastion: dict[str, Result], peer: dict[str, Result]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for i, r in enumerate(rows):
-        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
+        cells = [r[0].ljust(widths[0])]
+        cells += [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
         lines.append("| " + " | ".join(cells) + " |")
         if i == 0:
             lines.append("|" + "|".join("-" * (w + 1) + (":" if j else "-")
@@ -531,7 +565,8 @@ def table(bastion: dict[str, Result], peer: dict[str, Result]) -> str:
 
 def cpu_table(bastion: dict[str, Result], peer: dict[str, Result]) -> str:
     """CPU use during each wrk run, in % of one core (the machine has nproc x 100%)."""
-    lines = ["| CPU, % of one core | Bastion | wrk | rest of machine | peer | wrk | rest of machine |",
+    lines = ["| CPU, % of one core | Bastion | wrk | rest of machine | peer | wrk "
+             "| rest of machine |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for s in SCENARIOS:
         b, p = bastion.get(s, Result(s)), peer.get(s, Result(s))
@@ -551,8 +586,8 @@ def versions() -> dict[str, str]:
 
     def pkg(name: str) -> str:
         try:
-            return json.loads((PEER / "node_modules" / name / "package.json").read_text())[
-                "version"]
+            meta = json.loads((PEER / "node_modules" / name / "package.json").read_text())
+            return str(meta["version"])
         except (OSError, ValueError, KeyError):
             return "?"
 
@@ -562,7 +597,7 @@ def versions() -> dict[str, str]:
             model = line.split(":", 1)[1].strip()
     dirty = sh("git", "status", "--porcelain", "--", "src", "pyproject.toml")
     return {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "bastion_commit": sh("git", "rev-parse", "--short", "HEAD")
         + (" (+ uncommitted changes in src/ or pyproject.toml)" if dirty else ""),
         "python": sys.version.split()[0],
@@ -595,11 +630,14 @@ def main() -> int:
     ap.add_argument("--threads", "-t", type=int, default=2, help="wrk -t (default 2)")
     ap.add_argument("--conns", "-c", type=int, default=16, help="wrk -c (default 16)")
     ap.add_argument("--duration", "-d", default="10s", help="wrk -d (default 10s)")
+    ap.add_argument("--warmup", default="0s",
+                    help="client_credentials load before measuring, on both sides "
+                         "(default 0s: none, as bench/peer/run.sh)")
     ap.add_argument("--wrk-timeout", default=None, help="wrk --timeout (default: wrk's 2s)")
     ap.add_argument("--pool", default="auto", type=pool_arg,
                     help="Bastion refresh tokens to mint, or 'auto' (default): mint "
                          "--probe-pool tokens, measure the refresh rate with a "
-                         "--probe-duration wrk run, then mint rate x duration x 1.5 + 200")
+                         "--probe-duration wrk run, then mint rate x duration x 2 + 300")
     ap.add_argument("--probe-pool", type=int, default=600,
                     help="tokens for the auto-sizing probe (default 600)")
     ap.add_argument("--probe-duration", default="2s", help="probe wrk -d (default 2s)")
@@ -612,7 +650,8 @@ def main() -> int:
     ap.add_argument("--mint-timeout", type=float, default=150.0,
                     help="give up minting a pool after this many seconds (default 150)")
     ap.add_argument("--wait-quiet", type=float, default=0,
-                    help="wait up to this many seconds for the machine to be idle first")
+                    help="before each wrk run, wait for the machine to be idle, until this "
+                         "many seconds after the start (default 0: never wait)")
     ap.add_argument("--quiet-threshold", type=float, default=0.15,
                     help="idle means other processes use less than this many cores "
                          "(default 0.15)")
@@ -624,7 +663,7 @@ def main() -> int:
                     help="output folder (default bench/out/<UTC stamp>)")
     ap.add_argument("--keep-data", action="store_true", help="keep Bastion's temp data dir")
     opt = ap.parse_args()
-    seconds(opt.duration)
+    seconds(opt.duration), seconds(opt.warmup), seconds(opt.probe_duration)
     if shutil.which("wrk") is None:
         print("wrk not found: apt-get install wrk", file=sys.stderr)
         return 2
@@ -633,21 +672,15 @@ def main() -> int:
               file=sys.stderr)
         return 2
 
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = opt.out or BENCH / "out" / stamp
     out.mkdir(parents=True, exist_ok=True)
     wa = Args(opt.threads, opt.conns, opt.duration, opt.wrk_timeout)
     command = " ".join([".venv/bin/python", "bench/run.py", *sys.argv[1:]])
     t0 = time.monotonic()
     log(f"output: {out}")
-    noise = other_load()
-    while noise > opt.quiet_threshold and time.monotonic() - t0 < opt.wait_quiet:
-        log(f"machine busy ({noise * 100:.0f}% of a core used by other processes), waiting")
-        time.sleep(5)
-        noise = other_load()
-    if noise > opt.quiet_threshold:
-        log(f"WARNING: the machine is not idle: {noise * 100:.0f}% of a core in use by other "
-            f"processes before the run; figures will be disturbed")
+    QUIET.update(deadline=t0 + opt.wait_quiet, threshold=opt.quiet_threshold)
+    noise = await_quiet("the run")
     bastion: dict[str, Result] = {}
     peer: dict[str, Result] = {}
     failure = None
@@ -663,8 +696,10 @@ def main() -> int:
     elapsed = time.monotonic() - t0
 
     info = versions()
-    text = [f"wrk -t{opt.threads} -c{opt.conns} -d{opt.duration} --latency; "
-            f"pools: Bastion {opt.pool}, peer {opt.peer_pool}; total {elapsed:.0f}s",
+    text = [f"wrk -t{opt.threads} -c{opt.conns} -d{opt.duration} --latency"
+            + (f" --timeout={opt.wrk_timeout}" if opt.wrk_timeout else "")
+            + f"; warm-up {opt.warmup}; pools: Bastion {opt.pool}, peer {opt.peer_pool}; "
+            f"total {elapsed:.0f}s",
             f"machine load before the run (other processes): {noise * 100:.0f}% of a core",
             "", table(bastion, peer), "", cpu_table(bastion, peer), ""]
     for side in ("bastion", "peer"):
@@ -693,7 +728,8 @@ def main() -> int:
         "command": command, "info": info, "elapsed_s": round(elapsed, 1),
         "load_before": round(noise, 3),
         "params": {"threads": opt.threads, "conns": opt.conns, "duration": opt.duration,
-                   "pool": opt.pool, "peer_pool": opt.peer_pool},
+                   "pool": opt.pool, "peer_pool": opt.peer_pool, "warmup": opt.warmup,
+                   "wrk_timeout": opt.wrk_timeout},
         "bastion": {k: vars(v) for k, v in bastion.items()},
         "peer": {k: vars(v) for k, v in peer.items()},
         "problems": problems}, indent=1, default=str))

@@ -23,7 +23,7 @@ def provisioning_uri(secret: str, username: str) -> str:
 async def verify_code(secret: str, code: str, user_id: str, kv: KV) -> bool:
     """Accept the current code or the one before/after (clock drift), each only once."""
     code = code.strip().replace(" ", "")
-    if not (len(code) == 6 and code.isdigit()):
+    if not (len(code) == 6 and code.isascii() and code.isdigit()):
         return False
     totp = pyotp.TOTP(secret)
     for offset in (0, -1, 1):

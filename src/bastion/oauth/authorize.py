@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,7 @@ from bastion.store.models import AuthorizationCode, Consent, Session, User
 PROMPTS = {"none", "login", "consent", "select_account"}
 MAX_STATE = 2048
 MAX_NONCE = 512
+MAX_AGE_RE = re.compile(r"[0-9]{1,9}")
 
 
 @dataclass
@@ -78,11 +80,19 @@ class RedirectError(Exception):
 def match_redirect_uri(client: ClientInfo, uri: str) -> bool:
     """RFC 9700 §2.1: exact string matching, except the port of loopback URIs, which may
     vary (RFC 8252 §7.3)."""
+    if len(uri) > 2000:
+        return False
     if uri in client.redirect_uris:
         return True
     got = urlsplit(uri)
     if got.scheme != "http" or not is_loopback_host(got.hostname):
         return False
+    try:
+        port = got.port  # raises on a port that is not a number in 0..65535
+    except ValueError:
+        return False
+    if got.netloc.rsplit(":", 1)[-1] != str(port) and port is not None:
+        return False  # e.g. "127.0.0.1:9000:80" or a port with leading zeros
     for registered in client.redirect_uris:
         reg = urlsplit(registered)
         if reg.scheme == "http" and reg.hostname == got.hostname and reg.path == got.path \
@@ -152,8 +162,8 @@ async def parse_request(params: dict[str, str], provider: Provider, browser: str
         raise fail(exc) from None
 
     nonce = params.get("nonce")
-    if nonce is not None and len(nonce) > MAX_NONCE:
-        raise fail(errors.InvalidRequest("nonce too long"))
+    if nonce is not None and (len(nonce) > MAX_NONCE or "\x00" in nonce):
+        raise fail(errors.InvalidRequest("nonce too long or not text"))
     prompt = params.get("prompt", "").split()
     if any(p not in PROMPTS for p in prompt):
         raise fail(errors.InvalidRequest("unknown prompt value"))
@@ -163,7 +173,7 @@ async def parse_request(params: dict[str, str], provider: Provider, browser: str
     max_age_raw = params.get("max_age")
     max_age = None
     if max_age_raw is not None:
-        if not max_age_raw.isdigit() or len(max_age_raw) > 9:
+        if not MAX_AGE_RE.fullmatch(max_age_raw):
             raise fail(errors.InvalidRequest("max_age must be a non-negative integer"))
         max_age = int(max_age_raw)
 

@@ -17,7 +17,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from bastion.identity import totp
 from bastion.identity.clients import is_loopback_host
 from bastion.identity.passwords import verify_password
-from bastion.identity.users import get_user_by_name
+from bastion.identity.users import USERNAME_RE, get_user_by_name
 from bastion.kms import UnwrapError
 from bastion.oauth import errors
 from bastion.oauth.authorize import (
@@ -103,6 +103,12 @@ def error_page(message: str, status: int = 400, title: str = "Request refused") 
     return render("error.html", status, title=title, message=message)
 
 
+def _form_error(exc: errors.OAuthError) -> HTMLResponse:
+    if isinstance(exc, errors.PayloadTooLarge):
+        return error_page("The request is too large.", 413)
+    return error_page("Malformed request.")
+
+
 def _expired() -> HTMLResponse:
     return error_page("Your sign-in request has expired or was started in another browser.",
                       400, "Sign-in expired")
@@ -174,10 +180,8 @@ async def login_submit(provider: Provider, request: Request) -> Response:
     browser = _browser(request, provider)
     try:
         form = await form_params(request, provider.settings.max_body_bytes)
-    except errors.PayloadTooLarge:
-        return error_page("The request is too large.", 413)
-    except errors.OAuthError:
-        return error_page("Malformed request.")
+    except errors.OAuthError as exc:
+        return _form_error(exc)
     req = await load_pending(provider, form.get("r"), browser)
     if req is None or browser is None:
         return _expired()
@@ -192,7 +196,7 @@ async def login_submit(provider: Provider, request: Request) -> Response:
                                  message=f"Too many attempts. Try again in {int(wait) + 1} "
                                          "seconds.")
     async with provider.sessions() as db:
-        user = await get_user_by_name(db, username) if username else None
+        user = await get_user_by_name(db, username) if USERNAME_RE.match(username) else None
     ok = await verify_password(user.password_hash if user else None, password)
     if not ok or user is None or user.disabled:
         await provider.throttle.failure(username, ip)
@@ -230,8 +234,8 @@ async def mfa_submit(provider: Provider, request: Request) -> Response:
     browser = _browser(request, provider)
     try:
         form = await form_params(request, provider.settings.max_body_bytes)
-    except errors.OAuthError:
-        return error_page("Malformed request.")
+    except errors.OAuthError as exc:
+        return _form_error(exc)
     req = await load_pending(provider, form.get("r"), browser)
     if req is None or browser is None or req.user_id is None:
         return _expired()
@@ -281,8 +285,8 @@ async def consent_submit(provider: Provider, request: Request) -> Response:
     browser = _browser(request, provider)
     try:
         form = await form_params(request, provider.settings.max_body_bytes)
-    except errors.OAuthError:
-        return error_page("Malformed request.")
+    except errors.OAuthError as exc:
+        return _form_error(exc)
     req = await load_pending(provider, form.get("r"), browser)
     if req is None or browser is None:
         return _expired()

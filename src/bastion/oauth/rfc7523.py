@@ -53,7 +53,8 @@ async def verify_client_assertion(params: dict[str, str], provider: Any, endpoin
         keyset = KeySet.import_key_set(client.jwks)
         token = jwt.decode(assertion, keyset, algorithms=ALGORITHMS)
     except (JoseError, ValueError, TypeError):
-        raise InvalidClient("client_assertion signature invalid") from None
+        # same answer as for an unknown client: no client enumeration (RFC 6819 §5.2.3)
+        raise InvalidClient("client authentication failed") from None
     c = token.claims
     now = int(time.time())
     # §3 3.: aud MUST identify the authorization server (token endpoint or issuer)

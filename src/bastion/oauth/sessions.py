@@ -84,4 +84,4 @@ def csrf_token(browser: str, request_id: str) -> str:
 def csrf_ok(browser: str | None, request_id: str, presented: str | None) -> bool:
     if not browser or not presented:
         return False
-    return hmac.compare_digest(csrf_token(browser, request_id), presented)
+    return hmac.compare_digest(csrf_token(browser, request_id).encode(), presented.encode())

@@ -61,6 +61,8 @@ async def logout_endpoint(provider: Provider, request: Request) -> Response:
             params = await form_params(request, provider.settings.max_body_bytes)
         else:
             params = query_params(request)
+    except errors.PayloadTooLarge:
+        return error_page("The request is too large.", 413)
     except errors.OAuthError:
         return error_page("Malformed request.")
     hint = _hint_claims(provider, params.get("id_token_hint"))
@@ -78,7 +80,7 @@ async def logout_endpoint(provider: Provider, request: Request) -> Response:
         session = await load_session(db, read_cookie(request, SESSION_COOKIE, secure))
     browser, fresh = browser_id(request, secure)
     confirmed = request.method == "POST" and params.get("confirm") == "yes" and \
-        hmac.compare_digest(_csrf(browser), params.get("csrf", ""))
+        hmac.compare_digest(_csrf(browser).encode(), params.get("csrf", "").encode())
     hint_matches = hint is not None and session is not None and hint.get("sid") == session.sid
     if session is not None and not (confirmed or hint_matches):
         carry = {k: params[k] for k in _CARRY if k in params}

@@ -5,6 +5,7 @@ validated (any malformed input is a 400 or 422, never a 500)."""
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 from typing import Any
@@ -24,12 +25,13 @@ from bastion.tokens.starlette import BearerAuthMiddleware, authorize, bearer_err
 from bastion.tokens.verify import TokenVerifier
 
 MAX_BODY = 16 * 1024
+ORDER_ID_RE = re.compile(r"[0-9a-f]{1,64}")
 VIEW, CREATE = "order:view", "order:create"
 
 
 class NewOrder(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    item: str = Field(min_length=1, max_length=200)
+    item: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
     quantity: int = Field(ge=1, le=10_000)
     unit_price_cents: int = Field(ge=0, le=100_000_000)
 
@@ -69,7 +71,7 @@ class OrdersAPI:
             return bearer_error_response(err)
         order_id = request.path_params["order_id"]
         async with self.sessions() as db:
-            order = await db.get(Order, order_id) if len(order_id) <= 64 else None
+            order = await db.get(Order, order_id) if ORDER_ID_RE.fullmatch(order_id) else None
         # another user's order is indistinguishable from a missing one
         if order is None or order.owner != token.subject:
             return _problem(404, "not_found")
