@@ -70,7 +70,7 @@ def build_app(provider: Provider, *, demo: bool = False) -> Starlette:
     grant_names = [g.grant_type for g in grants]
     p = provider
     bearer = [Middleware(BearerAuthMiddleware, verifier=p.verifier)]
-    orders = OrdersAPI(p.sessions)
+    orders = OrdersAPI(p.fast)
     routes = [
         Route("/healthz", partial(healthz, p), methods=["GET"]),
         Route("/.well-known/openid-configuration", partial(discovery_endpoint, p, grant_names),

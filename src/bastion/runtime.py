@@ -10,6 +10,7 @@ from bastion.identity.users import create_user, get_user_by_name
 from bastion.kms import load_or_create_kek
 from bastion.oauth.provider import Provider
 from bastion.store.db import create_engine, migrate, sessionmaker
+from bastion.store.fast import open_fast_store
 from bastion.store.kv import create_kv
 from bastion.tokens import keys
 from bastion.tokens.denylist import Denylist
@@ -31,8 +32,10 @@ async def open_provider(settings: Settings) -> Provider:
         await engine.dispose()
         raise
     kv = create_kv(settings.redis_url)
+    fast = await open_fast_store(settings.effective_database_url)
     provider = Provider(settings=settings, engine=engine, sessions=sessions, kv=kv,
-                        wrapper=wrapper, keyring=ring, denylist=Denylist(kv, sessions))
+                        wrapper=wrapper, keyring=ring, denylist=Denylist(kv, sessions),
+                        fast=fast)
     await provider.denylist.sync()
     return provider
 

@@ -4,25 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bastion.oauth.families import token_hash
+from bastion.oauth.families import Family, token_hash
 from bastion.oauth.provider import Provider
-from bastion.store.models import RefreshToken, TokenFamily
 from bastion.tokens.errors import BearerError
 from bastion.tokens.verify import VerifiedToken
 
 
 @dataclass(frozen=True)
 class FoundRefresh:
-    token: RefreshToken
-    family: TokenFamily
+    created_at: int
+    rotated_at: int | None
+    family: Family
 
 
-async def find_refresh(provider: Provider, db: object, presented: str) -> FoundRefresh | None:
-    token = await db.get(RefreshToken, token_hash(presented))  # type: ignore[attr-defined]
-    if token is None:
+async def find_refresh(provider: Provider, presented: str) -> FoundRefresh | None:
+    row = await provider.fast.one(
+        "SELECT f.*, r.created_at AS token_created_at, r.rotated_at AS token_rotated_at "
+        "FROM refresh_tokens r JOIN token_families f ON f.id = r.family_id "
+        "WHERE r.token_hash = :h", h=token_hash(presented))
+    if row is None:
         return None
-    family = await db.get(TokenFamily, token.family_id)  # type: ignore[attr-defined]
-    return FoundRefresh(token, family) if family else None
+    return FoundRefresh(row["token_created_at"], row["token_rotated_at"], Family.of(row))
 
 
 async def find_access(provider: Provider, presented: str) -> VerifiedToken | None:

@@ -11,13 +11,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bastion.config import Settings
 from bastion.identity.clients import ClientInfo, get_client
 from bastion.identity.throttle import LoginThrottle, ThrottlePolicy
 from bastion.kms import KeyWrapper
+from bastion.store.fast import FastStore
 from bastion.store.kv import KV
 from bastion.store.models import (
     AuthorizationCode,
@@ -42,6 +43,7 @@ class Provider:
     wrapper: KeyWrapper
     keyring: keys.KeyRing
     denylist: Denylist
+    fast: FastStore
     throttle: LoginThrottle = field(init=False)
     issuer_url: str = field(init=False)
     tokens: TokenIssuer = field(init=False)
@@ -128,23 +130,8 @@ class Provider:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.kv.close()
+        await self.fast.close()
         await self.engine.dispose()
-
-    # --- revocation --------------------------------------------------------------------------
-    async def revoke_families(self, db: AsyncSession, *conds: object) -> int:
-        """Revoke every family matching ``conds`` and deny their unexpired access tokens."""
-        now = int(time.time())
-        ids = list((await db.scalars(
-            update(TokenFamily).where(*conds, TokenFamily.revoked_at.is_(None))  # type: ignore[arg-type]
-            .values(revoked_at=now).returning(TokenFamily.id))).all())
-        if not ids:
-            return 0
-        rows = (await db.execute(
-            IssuedAccessToken.__table__.select()
-            .where(IssuedAccessToken.family_id.in_(ids), IssuedAccessToken.expires_at > now)
-        )).all()
-        await self.denylist.revoke(db, [(r.jti, r.expires_at) for r in rows])
-        return len(ids)
 
 
 class KeyRingSource:

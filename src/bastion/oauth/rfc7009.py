@@ -14,10 +14,10 @@ from starlette.responses import Response
 
 from bastion.oauth.clientauth import authenticate_client
 from bastion.oauth.errors import NO_STORE, InvalidRequest, OAuthError
+from bastion.oauth.families import revoke_families
 from bastion.oauth.lookup import find_access, find_refresh
 from bastion.oauth.params import form_params
 from bastion.oauth.provider import Provider
-from bastion.store.models import TokenFamily
 
 log = logging.getLogger("bastion.oauth.revoke")
 
@@ -33,22 +33,23 @@ async def revocation_endpoint(provider: Provider, request: Request) -> Response:
             raise InvalidRequest("token required")
         hint = params.get("token_type_hint")
         order = ["access", "refresh"] if hint == "access_token" else ["refresh", "access"]
-        async with provider.sessions.begin() as db:
-            for kind in order:
-                if kind == "refresh":
-                    found = await find_refresh(provider, db, token)
-                    if found is None:
-                        continue
-                    # §2.1: the server verifies the token was issued to the requesting client
-                    if found.family.client_id == client.client_id:
-                        await provider.revoke_families(db, TokenFamily.id == found.family.id)
-                    break
-                access = await find_access(provider, token)
-                if access is None:
+        for kind in order:
+            if kind == "refresh":
+                found = await find_refresh(provider, token)
+                if found is None:
                     continue
-                if access.client_id == client.client_id:
-                    await provider.denylist.revoke(db, [(access.jti or "", access.expires_at)])
+                # §2.1: the server verifies the token was issued to the requesting client
+                if found.family.client_id == client.client_id:
+                    async with provider.fast.transaction() as tx:
+                        await revoke_families(provider, tx, "id = :fid", fid=found.family.id)
                 break
+            access = await find_access(provider, token)
+            if access is None:
+                continue
+            if access.client_id == client.client_id and access.jti:
+                async with provider.fast.transaction() as tx:
+                    await provider.denylist.revoke(tx, [(access.jti, access.expires_at)])
+            break
     except OAuthError as exc:
         return exc.response()
     # §2.2: 200 also for invalid or unknown tokens (nothing to tell an attacker)

@@ -51,16 +51,15 @@ async def _describe(provider: Provider, caller: str, token: str, hint: str | Non
                "aud": c.get("aud"), "jti": access.jti}
         return {k: v for k, v in out.items() if v is not None}
     now = int(time.time())
-    async with provider.sessions() as db:
-        found = await find_refresh(provider, db, token)
+    found = await find_refresh(provider, token)
     if found is None or found.family.client_id != caller:
         return INACTIVE
     fam = found.family
     if fam.revoked_at is not None or fam.expires_at <= now or (
-            found.token.rotated_at is not None and
-            now - found.token.rotated_at >= provider.settings.refresh_grace_seconds):
+            found.rotated_at is not None and
+            now - found.rotated_at >= provider.settings.refresh_grace_seconds):
         return INACTIVE
     out = {"active": True, "token_type": "refresh_token", "scope": fam.scope,
            "client_id": fam.client_id, "sub": fam.user_id, "exp": fam.expires_at,
-           "iat": found.token.created_at, "iss": provider.issuer_url}
+           "iat": found.created_at, "iss": provider.issuer_url}
     return {k: v for k, v in out.items() if v is not None}

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from bastion.oauth import errors
+from bastion.oauth.families import revoke_families
 from bastion.oauth.pages import error_page, render
 from bastion.oauth.params import form_params, query_params
 from bastion.oauth.provider import Provider
@@ -31,7 +32,6 @@ from bastion.oauth.sessions import (
     read_cookie,
     set_cookie,
 )
-from bastion.store.models import TokenFamily
 
 _CARRY = ("id_token_hint", "post_logout_redirect_uri", "state", "client_id")
 
@@ -92,8 +92,9 @@ async def logout_endpoint(provider: Provider, request: Request) -> Response:
             set_cookie(response, BROWSER_COOKIE, browser, secure=secure, max_age=None)
         return response
     if session is not None:
+        async with provider.fast.transaction() as tx:
+            await revoke_families(provider, tx, "sid = :sid", sid=session.sid)
         async with provider.sessions.begin() as db:
-            await provider.revoke_families(db, TokenFamily.sid == session.sid)
             await end_session(db, session.sid)
     if target is not None:
         url = target

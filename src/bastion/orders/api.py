@@ -11,15 +11,13 @@ import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bastion.store.models import Order
+from bastion.store.fast import FastStore, Row
 from bastion.tokens.errors import BearerError
 from bastion.tokens.starlette import BearerAuthMiddleware, authorize, bearer_error_response
 from bastion.tokens.verify import TokenVerifier
@@ -43,26 +41,35 @@ def _problem(status: int, title: str, detail: Any = None) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
-def _public(order: Order) -> dict[str, Any]:
-    return {"id": order.id, "item": order.item, "quantity": order.quantity,
-            "unit_price_cents": order.unit_price_cents,
-            "total_cents": order.quantity * order.unit_price_cents, "status": order.status,
-            "created_at": order.created_at}
+def _public(order: Row) -> dict[str, Any]:
+    return {"id": order["id"], "item": order["item"], "quantity": order["quantity"],
+            "unit_price_cents": order["unit_price_cents"],
+            "total_cents": order["quantity"] * order["unit_price_cents"],
+            "status": order["status"], "created_at": order["created_at"]}
+
+
+LIST_SQL = ("SELECT id, owner, item, quantity, unit_price_cents, status, created_at "
+            "FROM orders WHERE owner = :owner ORDER BY created_at, id LIMIT 1000")
+GET_SQL = ("SELECT id, owner, item, quantity, unit_price_cents, status, created_at "
+           "FROM orders WHERE id = :id")
+INSERT_SQL = ("INSERT INTO orders (id, owner, item, quantity, unit_price_cents, status, "
+              "created_at) VALUES (:id, :owner, :item, :quantity, :unit_price_cents, :status, "
+              ":created_at)")
 
 
 class OrdersAPI:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self.sessions = sessions
+    """Served from the fast store: one indexed statement per request."""
+
+    def __init__(self, store: FastStore) -> None:
+        self.store = store
 
     async def list_orders(self, request: Request) -> Response:
         try:
             token = authorize(request, scopes=[VIEW], roles=[VIEW])
         except BearerError as err:
             return bearer_error_response(err)
-        async with self.sessions() as db:
-            rows = await db.scalars(select(Order).where(Order.owner == token.subject)
-                                    .order_by(Order.created_at, Order.id).limit(1000))
-            return JSONResponse({"orders": [_public(o) for o in rows]})
+        rows = await self.store.all(LIST_SQL, owner=token.subject)
+        return JSONResponse({"orders": [_public(o) for o in rows]})
 
     async def get_order(self, request: Request) -> Response:
         try:
@@ -70,10 +77,10 @@ class OrdersAPI:
         except BearerError as err:
             return bearer_error_response(err)
         order_id = request.path_params["order_id"]
-        async with self.sessions() as db:
-            order = await db.get(Order, order_id) if ORDER_ID_RE.fullmatch(order_id) else None
+        order = await self.store.one(GET_SQL, id=order_id) \
+            if ORDER_ID_RE.fullmatch(order_id) else None
         # another user's order is indistinguishable from a missing one
-        if order is None or order.owner != token.subject:
+        if order is None or order["owner"] != token.subject:
             return _problem(404, "not_found")
         return JSONResponse(_public(order))
 
@@ -97,18 +104,17 @@ class OrdersAPI:
                 if isinstance(exc, ValidationError) else "body is not valid JSON"
             return _problem(422 if isinstance(exc, ValidationError) else 400,
                             "invalid_body", detail)
-        order = Order(id=secrets.token_hex(8), owner=token.subject, item=data.item,
-                      quantity=data.quantity, unit_price_cents=data.unit_price_cents,
-                      status="placed", created_at=int(time.time()))
-        async with self.sessions.begin() as db:
-            db.add(order)
+        order = {"id": secrets.token_hex(8), "owner": token.subject, "item": data.item,
+                 "quantity": data.quantity, "unit_price_cents": data.unit_price_cents,
+                 "status": "placed", "created_at": int(time.time())}
+        async with self.store.transaction() as tx:
+            await tx.run(INSERT_SQL, **order)
         return JSONResponse(_public(order), status_code=201,
-                            headers={"Location": f"/orders/{order.id}"})
+                            headers={"Location": f"/orders/{order['id']}"})
 
 
-def create_orders_app(sessions: async_sessionmaker[AsyncSession],
-                      verifier: TokenVerifier) -> Starlette:
-    api = OrdersAPI(sessions)
+def create_orders_app(store: FastStore, verifier: TokenVerifier) -> Starlette:
+    api = OrdersAPI(store)
     routes = [
         Route("/orders", api.list_orders, methods=["GET"]),
         Route("/orders", api.create_order, methods=["POST"]),

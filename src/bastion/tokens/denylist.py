@@ -11,10 +11,9 @@ import time
 from collections.abc import Iterable
 
 from sqlalchemy import delete, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bastion.store.fast import Tx
 from bastion.store.kv import KV
 from bastion.store.models import RevokedToken
 
@@ -28,19 +27,16 @@ class Denylist:
     async def is_revoked(self, jti: str) -> bool:
         return await self._kv.get(f"deny:{jti}") is not None
 
-    async def revoke(self, db: AsyncSession, items: Iterable[tuple[str, int]]) -> None:
-        """Deny each (jti, expires_at). Call inside the caller's transaction; the KV is
-        updated at once (a denial that outlives a rolled-back transaction is harmless)."""
+    async def revoke(self, tx: Tx, items: Iterable[tuple[str, int]]) -> None:
+        """Deny each (jti, expires_at) inside the caller's transaction; the KV is updated at
+        once (a denial that outlives a rolled-back transaction is harmless)."""
         now = int(time.time())
-        live = [(j, e) for j, e in items if e > now]
-        rows: list[dict[str, str | int]] = [
-            {"jti": j, "expires_at": e, "revoked_at": now} for j, e in live]
-        if not rows:
-            return
-        dialect = db.get_bind().dialect.name
-        ins = pg_insert(RevokedToken) if dialect == "postgresql" else sqlite_insert(RevokedToken)
-        await db.execute(ins.values(rows).on_conflict_do_nothing(index_elements=["jti"]))
-        for jti, exp in live:
+        for jti, exp in items:
+            if exp <= now or not jti:
+                continue
+            await tx.run("INSERT INTO revoked_tokens (jti, expires_at, revoked_at) "
+                         "VALUES (:jti, :exp, :now) ON CONFLICT (jti) DO NOTHING",
+                         jti=jti, exp=exp, now=now)
             await self._kv.set(f"deny:{jti}", b"1", exp - now + 1)
 
     async def sync(self) -> int:

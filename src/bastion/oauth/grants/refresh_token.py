@@ -8,12 +8,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import update
-
 from bastion.oauth.errors import InvalidGrant, InvalidRequest, OAuthError, UnauthorizedClient
-from bastion.oauth.families import issue_tokens, token_hash
+from bastion.oauth.families import Family, issue_tokens, load_subject, revoke_families, token_hash
 from bastion.oauth.grants.base import TokenRequest, narrow_scope
-from bastion.store.models import RefreshToken, TokenFamily, User
 
 
 class RefreshTokenGrant:
@@ -30,35 +27,36 @@ class RefreshTokenGrant:
         now = int(time.time())
         failure: OAuthError | None = None
         body: dict[str, Any] = {}
-        async with provider.sessions.begin() as db:
-            token = await db.get(RefreshToken, h)
-            family = await db.get(TokenFamily, token.family_id) if token else None
-            if token is None or family is None:
+        async with provider.fast.transaction() as tx:
+            row = await tx.one("SELECT f.* FROM refresh_tokens r JOIN token_families f "
+                               "ON f.id = r.family_id WHERE r.token_hash = :h", h=h)
+            if row is None:
                 raise InvalidGrant("invalid refresh token")
+            family = Family.of(row)
             if family.client_id != client.client_id:
-                # §6: the refresh token was issued to another client (not the owner's fault:
-                # do not revoke on the owner's behalf, just refuse)
+                # §6: issued to another client (not the owner's fault: refuse, don't revoke)
                 raise InvalidGrant("invalid refresh token")
             if family.revoked_at is not None or family.expires_at <= now:
                 raise InvalidGrant("refresh token revoked or expired")
             scopes = narrow_scope(params.get("scope"), family.scope.split(" "))
-            rotated = (await db.execute(
-                update(RefreshToken).where(RefreshToken.token_hash == h,
-                                           RefreshToken.rotated_at.is_(None))
-                .values(rotated_at=now).returning(RefreshToken.rotated_at))).scalar_one_or_none()
+            rotated = await tx.one("UPDATE refresh_tokens SET rotated_at = :now "
+                                   "WHERE token_hash = :h AND rotated_at IS NULL "
+                                   "RETURNING token_hash", now=now, h=h)
             if rotated is None:
-                await db.refresh(token)
+                prior = await tx.one("SELECT rotated_at FROM refresh_tokens "
+                                     "WHERE token_hash = :h", h=h)
+                rotated_at = prior["rotated_at"] if prior else None
                 grace = provider.settings.refresh_grace_seconds
-                if token.rotated_at is None or now - token.rotated_at >= grace:
+                if rotated_at is None or now - rotated_at >= grace:
                     # reuse of a rotated token: someone holds a copy → revoke the family
-                    await provider.revoke_families(db, TokenFamily.id == family.id)
+                    await revoke_families(provider, tx, "id = :fid", fid=family.id)
                     failure = InvalidGrant("refresh token reuse detected; grant revoked")
             if failure is None:
-                user = await db.get(User, family.user_id) if family.user_id else None
+                user = await load_subject(tx, family.user_id)
                 if user is None or user.disabled:
                     failure = InvalidGrant("the user is no longer active")
                 else:
-                    body = await issue_tokens(db, provider, family, client, user, scopes)
+                    body = await issue_tokens(tx, provider, family, client, user, scopes)
         if failure is not None:
             raise failure
         return body
