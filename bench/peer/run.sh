@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Run the three peer scenarios once, bounded: starts provider.mjs and resource.mjs on
 # loopback, mints the refresh-token pool, runs wrk, stops the two servers it started.
-#   bench/peer/run.sh            env: DURATION=10s THREADS=2 CONNS=16 POOL=20000
+#   bench/peer/run.sh            env: DURATION=10s THREADS=2 CONNS=16 POOL=30000
 #                                     PROVIDER_PORT=3100 RESOURCE_PORT=3200 OUT=bench/out/peer
 set -euo pipefail
 cd "$(dirname "$0")"
-DURATION=${DURATION:-10s}; THREADS=${THREADS:-2}; CONNS=${CONNS:-16}; POOL=${POOL:-20000}
+DURATION=${DURATION:-10s}; THREADS=${THREADS:-2}; CONNS=${CONNS:-16}; POOL=${POOL:-30000}
 PP=${PROVIDER_PORT:-3100}; RP=${RESOURCE_PORT:-3200}; OUT=${OUT:-../out/peer}
 mkdir -p "$OUT"
 [ -d node_modules ] || npm ci --no-audit --no-fund

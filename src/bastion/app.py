@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from functools import partial
@@ -133,6 +134,10 @@ class BastionServer:
                     return
                 self.provider.start_background()
                 self.app = build_app(self.provider, demo=self.demo)
+                # long-lived start-up objects leave the collector's view: full collections
+                # then scan only per-request garbage (shorter pauses, lower p99)
+                gc.collect()
+                gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self.provider is not None:
