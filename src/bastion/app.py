@@ -72,7 +72,11 @@ def build_app(provider: Provider, *, demo: bool = False) -> Starlette:
     p = provider
     bearer = [Middleware(BearerAuthMiddleware, verifier=p.verifier)]
     orders = OrdersAPI(p.fast)
-    routes = [
+    routes = [  # hottest first: Starlette matches routes in order
+        Route("/token", TokenEndpoint(p, grants).handle, methods=["POST"]),
+        Route("/orders", orders.list_orders, methods=["GET"], middleware=bearer),
+        Route("/orders", orders.create_order, methods=["POST"], middleware=bearer),
+        Route("/orders/{order_id}", orders.get_order, methods=["GET"], middleware=bearer),
         Route("/healthz", partial(healthz, p), methods=["GET"]),
         Route("/.well-known/openid-configuration", partial(discovery_endpoint, p, grant_names),
               methods=["GET"]),
@@ -86,15 +90,12 @@ def build_app(provider: Provider, *, demo: bool = False) -> Starlette:
         Route("/login/mfa", partial(pages.mfa_submit, p), methods=["POST"]),
         Route("/consent", partial(pages.consent_page, p), methods=["GET"]),
         Route("/consent", partial(pages.consent_submit, p), methods=["POST"]),
-        Route("/token", TokenEndpoint(p, grants).handle, methods=["POST"]),
         Route("/revoke", partial(revocation_endpoint, p), methods=["POST"]),
         Route("/introspect", partial(introspection_endpoint, p), methods=["POST"]),
         Route("/userinfo", partial(userinfo_endpoint, p), methods=["GET", "POST"],
               middleware=bearer),
         Route("/logout", partial(logout_endpoint, p), methods=["GET", "POST"]),
-        Route("/orders", orders.list_orders, methods=["GET"], middleware=bearer),
-        Route("/orders", orders.create_order, methods=["POST"], middleware=bearer),
-        Route("/orders/{order_id}", orders.get_order, methods=["GET"], middleware=bearer),
+
     ]
     if demo:
         from bastion.demo import callback_page
