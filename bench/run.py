@@ -239,7 +239,8 @@ def run_wrk(a: Args, script: str, url: str, script_args: list[str], out: Path,
         r.problems.append(f"{r.socket_errors} socket errors (timeouts are left out of wrk's "
                           "latency figures, so p99 is understated; see --wrk-timeout)")
     if "EXHAUSTED" in proc.stdout:
-        r.problems.append("refresh token pool exhausted (req/s under-reported); raise the pool")
+        r.problems.append("refresh token pool exhausted (req/s under-reported): raise "
+                          "--pool-max / --peer-pool-max, or give --pool / --peer-pool")
     if r.requests == 0:
         r.problems.append("no requests completed")
     return r
@@ -459,9 +460,25 @@ def mint_to_file(c: BastionClient, n: int, opt: argparse.Namespace, path: Path,
 
 
 def pool_size(rate: float, duration: float) -> int:
-    """Tokens for one refresh run at `rate` req/s. The margin is wide (2x + 300) because a
-    2-second probe is noisy and minting more later is not possible mid-run."""
-    return int(rate * duration * 2) + 300
+    """Tokens for one refresh run at `rate` req/s: 25% + 300 of margin (a pool cannot be
+    topped up mid-run; an exhausted pool fails the run loudly)."""
+    return int(rate * duration * 1.25) + 300
+
+
+PROBE_RE = re.compile(r"^PROBE rate=([\d.]+) responses=(\d+) exhausted=(\d)", re.M)
+
+
+def probe_rate(opt: argparse.Namespace, wa: Args, url: str, script_args: list[str],
+               out: Path, pids: list[int]) -> float:
+    """Refresh rate measured by lua/refresh_probe.lua on a small pool, for sizing the real
+    pool. The script times each thread from its first request to its last response, so
+    the rate holds even when the small pool runs out before -d ends."""
+    r = run_wrk(Args(wa.threads, wa.conns, opt.probe_duration, wa.timeout),
+                "refresh_probe.lua", url, script_args, out / "refresh_probe.txt", pids)
+    m = PROBE_RE.search((out / "refresh_probe.txt").read_text())
+    if r.non2xx or not m or float(m.group(1)) <= 0:
+        raise BenchError(f"refresh probe failed, see {out / 'refresh_probe.txt'}: {r.problems}")
+    return float(m.group(1))
 
 
 def bench_bastion(opt: argparse.Namespace, wa: Args, out: Path) -> dict[str, Result]:
@@ -504,31 +521,19 @@ def bench_bastion(opt: argparse.Namespace, wa: Args, out: Path) -> dict[str, Res
             wa, "client_credentials.lua", f"{base}/token", [cid, csecret, "order:view"],
             cc_out, pids))
 
-        # Refresh pool. Minting is slow on Bastion (a code flow is two requests with several
-        # database writes), so with --pool auto a small pool is minted first and a short
-        # wrk probe with the same -t/-c measures the refresh rate; the real pool is sized
-        # from that. The probe's tokens are spent and never reused.
-        duration = seconds(wa.duration)
+        # Refresh pool. Minting is slow on Bastion (~150 code flows/s), so with --pool auto
+        # a small pool is minted first, a short wrk probe with the same -t/-c measures the
+        # refresh rate, and the real pool is sized from that. Probe tokens are never reused.
         if opt.pool == "auto":
             probe_file = out / "refresh_probe.tokens.txt"
             got, took = mint_to_file(bc, opt.probe_pool, opt, probe_file, "for the probe ")
             mint_notes.append(f"probe pool: {got} tokens in {took:.1f}s")
-            probe_args = Args(wa.threads, wa.conns, opt.probe_duration, wa.timeout)
             log("Bastion: refresh rate probe")
-            probe = run_wrk(probe_args, "refresh.lua", f"{base}/token",
-                            [str(probe_file), str(wa.threads), cid, csecret],
-                            out / "refresh_probe.txt", pids)
-            if probe.non2xx or probe.socket_errors or probe.requests == 0:
-                raise BenchError(f"refresh probe failed: {probe.problems}")
-            if any("exhausted" in p for p in probe.problems):
-                # faster than the probe pool could show: the client_credentials rate is an
-                # upper bound (refresh does the same work plus database writes)
-                rate = results["client_credentials"].req_s
-                why = "probe pool exhausted, sized from the client_credentials rate"
-            else:
-                rate, why = probe.req_s, f"probe measured {probe.req_s:.0f} refresh/s"
-            n = min(pool_size(rate, duration), opt.pool_max)
-            mint_notes.append(f"pool auto: {why} -> {n} tokens (cap --pool-max {opt.pool_max})")
+            rate = probe_rate(opt, wa, f"{base}/token",
+                              [str(probe_file), str(wa.threads), cid, csecret], out, pids)
+            n = min(pool_size(rate, seconds(wa.duration)), opt.pool_max)
+            mint_notes.append(f"pool auto: probe measured {rate:.0f} refresh/s -> {n} tokens "
+                              f"(cap --pool-max {opt.pool_max})")
             log(f"Bastion: {mint_notes[-1]}")
         else:
             n = int(opt.pool)
@@ -596,31 +601,37 @@ def bench_peer(opt: argparse.Namespace, wa: Args, out: Path) -> dict[str, Result
         results["client_credentials"] = measure(opt, cc_out, lambda _: run_wrk(
             wa, "client_credentials.lua", f"{issuer}/token", [], cc_out, [provider_pid]))
 
-        # Refresh pool. The peer mints ~300-400 tokens/s, and its refresh rate cannot beat
-        # its client_credentials rate by much (same signing plus store work; but scenario 1
-        # runs on a cold JIT), so 'auto' takes 1.5x the scenario-1 rate.
-        if opt.peer_pool == "auto":
-            cc_rate = results["client_credentials"].req_s
-            n = min(int(cc_rate * seconds(wa.duration) * 1.5) + 500, opt.pool_max * 3)
-            pool_note = f"pool auto: 1.5 x client_credentials rate {cc_rate:.0f}/s -> {n}"
-            log(f"peer: {pool_note}")
-        else:
-            n, pool_note = int(opt.peer_pool), ""
-        pool_file = out / "refresh.tokens.txt"
-        notes = [pool_note] if pool_note else []
+        notes: list[str] = []
 
-        def refresh(i: int) -> Result:
-            log(f"peer: minting {n} refresh tokens (32 in flight)"
-                + ("" if i == 0 else f", again (attempt {i + 1})"))
+        def mint(count: int, path: Path, what: str) -> None:
+            log(f"peer: minting {count} refresh tokens {what}(32 in flight)")
             t0 = time.monotonic()
-            mint = subprocess.run(["node", "mint_refresh.mjs", str(n), str(pool_file),
+            proc = subprocess.run(["node", "mint_refresh.mjs", str(count), str(path),
                                    issuer, "32"], cwd=PEER, env=env, capture_output=True,
                                   text=True, timeout=opt.mint_timeout)
-            notes.append(mint.stdout.strip())
+            if proc.returncode != 0:
+                raise BenchError(f"peer mint_refresh.mjs failed: {proc.stderr[-500:]}")
+            notes.append(proc.stdout.strip().replace(str(out) + "/", ""))
             (out / "mint.txt").write_text("\n".join(notes) + "\n")
-            if mint.returncode != 0:
-                raise BenchError(f"peer mint_refresh.mjs failed: {mint.stderr[-500:]}")
-            log(f"peer: {mint.stdout.strip()} (wall {time.monotonic() - t0:.1f}s)")
+            log(f"peer: {proc.stdout.strip()} (wall {time.monotonic() - t0:.1f}s)")
+
+        # Refresh pool, sized like Bastion's (the peer mints ~300-400 tokens/s).
+        if opt.peer_pool == "auto":
+            probe_file = out / "refresh_probe.tokens.txt"
+            mint(opt.peer_probe_pool, probe_file, "for the probe ")
+            log("peer: refresh rate probe")
+            rate = probe_rate(opt, wa, f"{issuer}/token", [str(probe_file), str(wa.threads)],
+                              out, [provider_pid])
+            n = min(pool_size(rate, seconds(wa.duration)), opt.peer_pool_max)
+            notes.append(f"pool auto: probe measured {rate:.0f} refresh/s -> {n} tokens "
+                         f"(cap --peer-pool-max {opt.peer_pool_max})")
+            log(f"peer: {notes[-1]}")
+        else:
+            n = int(opt.peer_pool)
+        pool_file = out / "refresh.tokens.txt"
+
+        def refresh(i: int) -> Result:
+            mint(n, pool_file, "" if i == 0 else f"again (attempt {i + 1}) ")
             log("peer: scenario 2, refresh_token")
             return run_wrk(wa, "refresh.lua", f"{issuer}/token",
                            [str(pool_file), str(wa.threads)], out / "refresh.txt",
@@ -758,18 +769,24 @@ def main() -> int:
     ap.add_argument("--pool", default="auto", type=pool_arg,
                     help="Bastion refresh tokens to mint, or 'auto' (default): mint "
                          "--probe-pool tokens, measure the refresh rate with a "
-                         "--probe-duration wrk run, then mint rate x duration x 2 + 300")
-    ap.add_argument("--probe-pool", type=int, default=600,
-                    help="tokens for the auto-sizing probe (default 600)")
+                         "--probe-duration wrk run (lua/refresh_probe.lua), then mint "
+                         "rate x duration x 1.25 + 300")
+    ap.add_argument("--probe-pool", type=int, default=1000,
+                    help="Bastion tokens for the auto-sizing probe (default 1000)")
+    ap.add_argument("--peer-probe-pool", type=int, default=3000,
+                    help="peer tokens for the auto-sizing probe (default 3000)")
     ap.add_argument("--probe-duration", default="2s", help="probe wrk -d (default 2s)")
-    ap.add_argument("--pool-max", type=int, default=20000,
-                    help="cap for the auto-sized Bastion pool (default 20000; "
-                         "the peer's cap is 3x this)")
+    ap.add_argument("--pool-max", type=int, default=15000,
+                    help="cap for the auto-sized Bastion pool (default 15000: ~90 s of "
+                         "minting, enough for ~1400 refresh/s over 10 s)")
+    ap.add_argument("--peer-pool-max", type=int, default=40000,
+                    help="cap for the auto-sized peer pool (default 40000)")
     ap.add_argument("--peer-pool", default="auto", type=pool_arg,
-                    help="peer refresh tokens to mint, or 'auto' (default): 1.5 x the "
-                         "peer's client_credentials req/s x duration + 500")
-    ap.add_argument("--mint-concurrency", type=int, default=16,
-                    help="Bastion minting: flows in flight (default 16)")
+                    help="peer refresh tokens to mint, or 'auto' (default): as --pool, "
+                         "with --peer-probe-pool")
+    ap.add_argument("--mint-concurrency", type=int, default=4,
+                    help="Bastion minting: flows in flight (default 4; more only adds "
+                         "database contention)")
     ap.add_argument("--mint-timeout", type=float, default=180.0,
                     help="stop minting a pool after this many seconds (default 180)")
     ap.add_argument("--wait-quiet", type=float, default=0,
