@@ -151,6 +151,7 @@ class TokenVerifier:
         denylist: Denylist | None = None,
         max_token_bytes: int = 8192,
         required_claims: Collection[str] = ("iss", "sub", "exp", "iat", "jti"),
+        cache_size: int = 4096,
     ) -> None:
         if not isinstance(issuer, str) or not issuer:
             raise ValueError("issuer must be a non-empty string")
@@ -180,6 +181,13 @@ class TokenVerifier:
         self._jwks = jwks
         self._denylist = denylist
         self._registry = _Registry(algs, max_token_bytes)
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+            raise ValueError("cache_size must be a non-negative int")
+        self._cache_size = cache_size
+        # token → (verified claims, the key object that verified it). A client sends the
+        # same access token many times until it expires; a hit skips the signature check but
+        # never the expiry, the key's continued presence in the JWKS, or the denylist.
+        self._cache: dict[str, tuple[VerifiedToken, Key]] = {}
 
     async def verify(self, token: str) -> VerifiedToken:
         """Verify ``token``; raises ``InvalidToken`` for every kind of failure."""
@@ -191,6 +199,14 @@ class TokenVerifier:
             raise InvalidToken("invalid token", debug=f"unexpected {type(exc).__name__}") from None
 
     async def _verify(self, token: str) -> VerifiedToken:
+        hit = self._cache.get(token) if isinstance(token, str) else None
+        if hit is not None:
+            verified, key = hit
+            if time.time() < verified.expires_at + self.leeway and \
+                    await self._jwks.get_key(verified.header.get("kid")) is key:
+                await self._check_denylist(verified)
+                return verified
+            self._cache.pop(token, None)  # expired, or its key was rotated out or replaced
         header, key = await self._check_header(token)
         try:  # signature: joserfc (RFC 7515 §5.2)
             payload = jws.deserialize_compact(token, key, registry=self._registry).payload
@@ -202,12 +218,19 @@ class TokenVerifier:
         except ValueError:  # RFC 7519 §7.2 step 10
             raise InvalidToken("malformed token", debug="claims are not a JSON object") from None
         verified = self._check_claims(claims, header)
+        await self._check_denylist(verified)
+        if self._cache_size:
+            if len(self._cache) >= self._cache_size:
+                self._cache.pop(next(iter(self._cache)))  # oldest first
+            self._cache[token] = (verified, key)
+        return verified
+
+    async def _check_denylist(self, verified: VerifiedToken) -> None:
         if self._denylist is not None:
             if verified.jti is None:
                 _fail("missing claim", "jti required for revocation checks")
             if await self._denylist.is_revoked(verified.jti):
                 _fail("token revoked")
-        return verified
 
     async def _check_header(self, token: str) -> tuple[dict[str, Any], Key]:
         # Size cap before any parsing or crypto.
