@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import anyio.to_thread
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -18,7 +19,7 @@ from bastion.config import Settings
 from bastion.identity.clients import ClientInfo, get_client
 from bastion.identity.throttle import LoginThrottle, ThrottlePolicy
 from bastion.kms import KeyWrapper
-from bastion.store.fast import FastStore
+from bastion.store.fast import FastStore, SqliteStore
 from bastion.store.kv import KV
 from bastion.store.models import (
     AuthorizationCode,
@@ -117,11 +118,16 @@ class Provider:
         await self.refresh_keys()
         await self.denylist.sync()
 
+    async def checkpoint(self) -> None:
+        if isinstance(self.fast, SqliteStore):
+            await anyio.to_thread.run_sync(self.fast.checkpoint)
+
     def start_background(self) -> None:
         self._tasks.append(asyncio.create_task(self._every(self.settings.key_refresh_interval,
                                                            "_sync")))
         self._tasks.append(asyncio.create_task(self._every(self.settings.purge_interval,
                                                            "purge")))
+        self._tasks.append(asyncio.create_task(self._every(1.0, "checkpoint")))
 
     async def close(self) -> None:
         for task in self._tasks:

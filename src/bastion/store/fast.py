@@ -84,8 +84,16 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
 class SqliteStore:
     def __init__(self, path: str) -> None:
         self._write = _sqlite_connect(path)
+        # a WAL checkpoint copies pages and fsyncs: never on the event loop. ``checkpoint``
+        # runs it from a worker thread on its own connection instead.
+        self._write.execute("PRAGMA wal_autocheckpoint=0")
         self._read = _sqlite_connect(path)
+        self._checkpointer = _sqlite_connect(path)
         self._lock = asyncio.Lock()
+
+    def checkpoint(self) -> None:
+        """Blocking: run in a worker thread (``anyio.to_thread``)."""
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
@@ -142,6 +150,7 @@ class SqliteStore:
     async def close(self) -> None:
         self._write.close()
         self._read.close()
+        self._checkpointer.close()
 
 
 # --- PostgreSQL -----------------------------------------------------------------------------
