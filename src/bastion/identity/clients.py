@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -53,6 +55,24 @@ class ClientInfo:
         return cls(c.client_id, c.name, c.secret_hash, c.auth_method, tuple(c.redirect_uris),
                    tuple(c.post_logout_redirect_uris), frozenset(c.grant_types),
                    frozenset(c.scopes), tuple(c.roles), c.jwks)
+
+
+CLIENT_SQL = ("SELECT client_id, name, secret_hash, auth_method, redirect_uris, "
+              "post_logout_redirect_uris, grant_types, scopes, roles, jwks FROM clients "
+              "WHERE client_id = :client_id")
+
+
+def client_from_row(row: Mapping[str, Any]) -> ClientInfo:
+    """A ``ClientInfo`` from a raw row (JSON columns arrive as text or decoded)."""
+
+    def js(value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    return ClientInfo(row["client_id"], row["name"], row["secret_hash"], row["auth_method"],
+                      tuple(js(row["redirect_uris"]) or ()),
+                      tuple(js(row["post_logout_redirect_uris"]) or ()),
+                      frozenset(js(row["grant_types"]) or ()), frozenset(js(row["scopes"]) or ()),
+                      tuple(js(row["roles"]) or ()), js(row["jwks"]))
 
 
 def is_loopback_host(host: str | None) -> bool:

@@ -16,7 +16,7 @@ from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bastion.config import Settings
-from bastion.identity.clients import ClientInfo, get_client
+from bastion.identity.clients import CLIENT_ID_RE, CLIENT_SQL, ClientInfo, client_from_row
 from bastion.identity.throttle import LoginThrottle, ThrottlePolicy
 from bastion.kms import KeyWrapper
 from bastion.store.fast import FastStore, SqliteStore
@@ -50,6 +50,7 @@ class Provider:
     tokens: TokenIssuer = field(init=False)
     verifier: TokenVerifier = field(init=False)
     _clients: dict[str, tuple[float, ClientInfo | None]] = field(default_factory=dict)
+    _client_lookups: dict[str, asyncio.Future[ClientInfo | None]] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -82,11 +83,22 @@ class Provider:
         hit = self._clients.get(client_id)
         if hit is not None and hit[0] > now:
             return hit[1]
-        async with self.sessions() as db:
-            info = await get_client(db, client_id)
+        if not CLIENT_ID_RE.match(client_id):
+            return None
+        # single flight: when the entry expires under load, one lookup serves every waiter
+        pending = self._client_lookups.get(client_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._load_client(client_id))
+            self._client_lookups[client_id] = pending
+            pending.add_done_callback(lambda _: self._client_lookups.pop(client_id, None))
+        return await asyncio.shield(pending)
+
+    async def _load_client(self, client_id: str) -> ClientInfo | None:
+        row = await self.fast.one(CLIENT_SQL, client_id=client_id)
+        info = client_from_row(row) if row is not None else None
         if len(self._clients) > 10_000:
             self._clients.clear()
-        self._clients[client_id] = (now + self.settings.client_cache_ttl, info)
+        self._clients[client_id] = (time.monotonic() + self.settings.client_cache_ttl, info)
         return info
 
     # --- background work -------------------------------------------------------------------
