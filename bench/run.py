@@ -6,12 +6,13 @@
 
 Servers are run one after the other, never both under load at once (the machine has two
 cores, shared by the server and wrk). Per side: start the server(s), wrk scenario 1
-(client_credentials at /token), mint the refresh-token pool, scenario 2 (refresh_token
-grant with rotation, one pool token per request), scenario 3 (GET /orders with a bearer
-JWT), stop the server(s). The wrk scripts and parameters are the same for both sides
-(bench/lua/*.lua). Raw outputs go to bench/out/<stamp>/ (git-ignored) and the table is
-printed at the end. Exit status is non-zero if any scenario had a non-2xx response, a
-socket error, an exhausted refresh pool or a missing RESULT line.
+(client_credentials at /token), mint the refresh-token pool (sized by a short probe run,
+lua/refresh_probe.lua), scenario 2 (refresh_token grant with rotation, one pool token per
+request), scenario 3 (GET /orders with a bearer JWT), stop the server(s). The wrk scripts
+and parameters are the same for both sides (bench/lua/*.lua). Raw outputs go to
+bench/out/<stamp>/ (git-ignored) and the table is printed at the end. Exit status is
+non-zero if any scenario had a non-2xx response, a socket error, an exhausted refresh pool
+or a missing RESULT line.
 
 Only the standard library and httpx (in the project's venv) are used.
 """
@@ -459,10 +460,12 @@ def mint_to_file(c: BastionClient, n: int, opt: argparse.Namespace, path: Path,
     return len(tokens), took
 
 
-def pool_size(rate: float, duration: float) -> int:
-    """Tokens for one refresh run at `rate` req/s: 25% + 300 of margin (a pool cannot be
-    topped up mid-run; an exhausted pool fails the run loudly)."""
-    return int(rate * duration * 1.25) + 300
+def pool_size(rate: float, duration: float, margin: float) -> int:
+    """Tokens for one refresh run at `rate` req/s, with a margin (a pool cannot be topped up
+    mid-run; an exhausted pool fails the run loudly). Bastion's 2-second probe has been off
+    by up to ~±30% of the 10-second rate: margin 1.5. The peer's underestimates (its JIT is
+    still warming up at probe time): margin 1.75."""
+    return int(rate * duration * margin) + 300
 
 
 PROBE_RE = re.compile(r"^PROBE rate=([\d.]+) responses=(\d+) exhausted=(\d)", re.M)
@@ -531,7 +534,7 @@ def bench_bastion(opt: argparse.Namespace, wa: Args, out: Path) -> dict[str, Res
             log("Bastion: refresh rate probe")
             rate = probe_rate(opt, wa, f"{base}/token",
                               [str(probe_file), str(wa.threads), cid, csecret], out, pids)
-            n = min(pool_size(rate, seconds(wa.duration)), opt.pool_max)
+            n = min(pool_size(rate, seconds(wa.duration), 1.5), opt.pool_max)
             mint_notes.append(f"pool auto: probe measured {rate:.0f} refresh/s -> {n} tokens "
                               f"(cap --pool-max {opt.pool_max})")
             log(f"Bastion: {mint_notes[-1]}")
@@ -622,7 +625,7 @@ def bench_peer(opt: argparse.Namespace, wa: Args, out: Path) -> dict[str, Result
             log("peer: refresh rate probe")
             rate = probe_rate(opt, wa, f"{issuer}/token", [str(probe_file), str(wa.threads)],
                               out, [provider_pid])
-            n = min(pool_size(rate, seconds(wa.duration)), opt.peer_pool_max)
+            n = min(pool_size(rate, seconds(wa.duration), 1.75), opt.peer_pool_max)
             notes.append(f"pool auto: probe measured {rate:.0f} refresh/s -> {n} tokens "
                          f"(cap --peer-pool-max {opt.peer_pool_max})")
             log(f"peer: {notes[-1]}")
@@ -770,7 +773,7 @@ def main() -> int:
                     help="Bastion refresh tokens to mint, or 'auto' (default): mint "
                          "--probe-pool tokens, measure the refresh rate with a "
                          "--probe-duration wrk run (lua/refresh_probe.lua), then mint "
-                         "rate x duration x 1.25 + 300")
+                         "rate x duration x 1.5 + 300 (peer: x 1.75), capped")
     ap.add_argument("--probe-pool", type=int, default=1000,
                     help="Bastion tokens for the auto-sizing probe (default 1000)")
     ap.add_argument("--peer-probe-pool", type=int, default=3000,
