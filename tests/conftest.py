@@ -106,3 +106,18 @@ async def http(provider: Provider) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=build_app(provider), client=("127.0.0.1", 50000))
     async with httpx.AsyncClient(transport=transport, base_url=ISSUER) as client:
         yield client
+
+
+@pytest.fixture
+async def alice(provider: Provider) -> str:
+    from tests.flows import add_user
+
+    return await add_user(provider)
+
+
+@pytest.fixture
+async def app(provider: Provider, alice: str) -> Any:
+    """A confidential client allowed every grant; files override it where they need more."""
+    from tests.flows import add_client
+
+    return await add_client(provider)

@@ -115,3 +115,22 @@ async def exchange(http: httpx.AsyncClient, client: Registered, result: CodeResu
     if auth is None:
         data["client_id"] = client.client_id
     return await http.post("/token", data=data, auth=auth)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def tokens_for(http: httpx.AsyncClient, client: Registered, **kw: Any) -> dict[str, Any]:
+    """The token response of a full code flow (login, consent, exchange)."""
+    r = await exchange(http, client, await authorize(http, client, **kw))
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def works(http: httpx.AsyncClient, access_token: str) -> bool:
+    """Whether the Orders API accepts ``access_token`` (401 means refused)."""
+    r = await http.get("/orders", headers=bearer(access_token))
+    assert r.status_code in (200, 401), r.text
+    return r.status_code == 200

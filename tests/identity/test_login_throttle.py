@@ -27,7 +27,6 @@ from tests.flows import (
     PASSWORD,
     CodeResult,
     Registered,
-    add_client,
     add_user,
     exchange,
     hidden_fields,
@@ -68,14 +67,6 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return c
 
 
-@pytest.fixture
-async def alice(provider: Any) -> str:
-    return await add_user(provider)
-
-
-@pytest.fixture
-async def app(provider: Any, alice: str) -> Registered:
-    return await add_client(provider)
 
 
 def browser(provider: Any, ip: str) -> httpx.AsyncClient:

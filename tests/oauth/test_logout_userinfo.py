@@ -12,7 +12,14 @@ from sqlalchemy import update
 
 from bastion.app import build_app
 from bastion.store.models import User
-from tests.flows import Registered, add_client, add_user, authorize, exchange, hidden_fields
+from tests.flows import (
+    Registered,
+    add_client,
+    bearer,
+    hidden_fields,
+    tokens_for,
+    works,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -21,21 +28,7 @@ BYE = "http://127.0.0.1:9000/bye"
 BYE_Q = "http://127.0.0.1:9000/bye?from=bastion"
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
-
-async def tokens_for(http: httpx.AsyncClient, client: Registered, **kw: Any) -> dict[str, Any]:
-    r = await exchange(http, client, await authorize(http, client, **kw))
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
-
-
-async def works(http: httpx.AsyncClient, access_token: str) -> bool:
-    r = await http.get("/orders", headers=bearer(access_token))
-    assert r.status_code in (200, 401), r.text
-    return r.status_code == 200
 
 
 async def signed_in(http: httpx.AsyncClient, client: Registered) -> bool:
@@ -48,10 +41,6 @@ async def signed_in(http: httpx.AsyncClient, client: Registered) -> bool:
     assert r.status_code == 303
     return "code=" in r.headers["location"]
 
-
-@pytest.fixture
-async def alice(provider: Any) -> str:
-    return await add_user(provider)
 
 
 @pytest.fixture

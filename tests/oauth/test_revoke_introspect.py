@@ -12,7 +12,13 @@ import pytest
 
 from bastion.app import build_app
 from bastion.runtime import open_provider
-from tests.flows import Registered, add_client, add_user, authorize, exchange
+from tests.flows import (
+    Registered,
+    add_client,
+    bearer,
+    tokens_for,
+    works,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -20,9 +26,6 @@ ISSUER = "http://bastion.test"
 HINTS = [pytest.param(None, id="no-hint"), pytest.param("refresh_token", id="hint-refresh"),
          pytest.param("access_token", id="hint-access")]
 
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def auth_of(client: Registered) -> dict[str, Any]:
@@ -54,27 +57,8 @@ async def refresh(http: httpx.AsyncClient, client: Registered, token: str) -> ht
                            **auth_of(client))
 
 
-async def tokens_for(http: httpx.AsyncClient, client: Registered) -> dict[str, Any]:
-    r = await exchange(http, client, await authorize(http, client))
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
 
 
-async def works(http: httpx.AsyncClient, access_token: str) -> bool:
-    r = await http.get("/orders", headers=bearer(access_token))
-    assert r.status_code in (200, 401), r.text
-    return r.status_code == 200
-
-
-@pytest.fixture
-async def alice(provider: Any) -> str:
-    return await add_user(provider)
-
-
-@pytest.fixture
-async def app(provider: Any, alice: str) -> Registered:
-    return await add_client(provider)
 
 
 @pytest.fixture

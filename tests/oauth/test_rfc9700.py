@@ -27,12 +27,13 @@ from tests.flows import (
     REDIRECT,
     Registered,
     add_client,
-    add_user,
     authorize,
+    bearer,
     exchange,
     hidden_fields,
     pkce,
     query_of,
+    tokens_for,
 )
 
 pytestmark = pytest.mark.anyio
@@ -76,9 +77,6 @@ def assert_error_redirect(r: httpx.Response, redirect_uri: str, error: str,
     return q
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
 
 def code_hash(code: str) -> str:
     return hashlib.sha256(code.encode()).hexdigest()
@@ -97,12 +95,6 @@ async def refresh(http: httpx.AsyncClient, client: Registered, token: str,
         data["client_id"] = client.client_id
     return await http.post("/token", data=data, **client_auth(client))
 
-
-async def tokens_for(http: httpx.AsyncClient, client: Registered, **kw: Any) -> dict[str, Any]:
-    r = await exchange(http, client, await authorize(http, client, **kw))
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
 
 
 async def to_login(http: httpx.AsyncClient, client: Registered, **over: str | None
@@ -128,10 +120,6 @@ async def to_consent(http: httpx.AsyncClient, client: Registered, **over: str | 
     assert page.status_code == 200
     return loc, hidden_fields(page.text)
 
-
-@pytest.fixture
-async def alice(provider: Any) -> str:
-    return await add_user(provider)
 
 
 @pytest.fixture

@@ -11,16 +11,13 @@ import pytest
 
 from bastion.app import build_app
 from tests.conftest import ISSUER
-from tests.flows import add_client, add_user, authorize, exchange
+from tests.flows import add_client, add_user, authorize, bearer, exchange
 
 pytestmark = pytest.mark.anyio
 
 VIEW, CREATE = "order:view", "order:create"
 TEA = {"item": "tea", "quantity": 2, "unit_price_cents": 350}
 
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def mint(provider: Any, subject: str, *, scope: str = f"{VIEW} {CREATE}",
