@@ -165,12 +165,5 @@ async def create_client(db: AsyncSession, wrapper: KeyWrapper, *, name: str,
     return client, secret
 
 
-async def get_client(db: AsyncSession, client_id: str) -> ClientInfo | None:
-    if not CLIENT_ID_RE.match(client_id):
-        return None
-    row = await db.get(Client, client_id)
-    return ClientInfo.of(row) if row else None
-
-
 async def list_clients(db: AsyncSession) -> list[Client]:
     return list((await db.scalars(select(Client).order_by(Client.created_at))).all())

@@ -36,6 +36,3 @@ async def verify_password(stored: str | None, password: str) -> bool:
         password = ""
     return await anyio.to_thread.run_sync(_verify, stored, password)
 
-
-def needs_rehash(stored: str) -> bool:
-    return _HASHER.check_needs_rehash(stored)
