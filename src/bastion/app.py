@@ -15,17 +15,19 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bastion.config import Settings
+from bastion.edge.request import RequestContext
 from bastion.oauth import pages
 from bastion.oauth.authorize import authorize_endpoint
 from bastion.oauth.provider import Provider
 from bastion.oauth.rfc7009 import revocation_endpoint
 from bastion.oauth.rfc7662 import introspection_endpoint
 from bastion.oauth.rfc8414 import metadata_endpoint
+from bastion.oauth.sts import assume_role_endpoint
 from bastion.oauth.token import TokenEndpoint, default_grants
 from bastion.oidc.discovery import discovery_endpoint, jwks_endpoint
 from bastion.oidc.logout import logout_endpoint
 from bastion.oidc.userinfo import userinfo_endpoint
-from bastion.orders.api import OrdersAPI
+from bastion.orders import api as orders_api
 from bastion.tokens.starlette import BearerAuthMiddleware
 
 access_log = logging.getLogger("bastion.access")
@@ -71,12 +73,10 @@ def build_app(provider: Provider, *, demo: bool = False) -> Starlette:
     grant_names = [g.grant_type for g in grants]
     p = provider
     bearer = [Middleware(BearerAuthMiddleware, verifier=p.verifier)]
-    orders = OrdersAPI(p.fast)
+    orders = orders_api.OrdersAPI(p.fast, p.audit, p.settings.account_id)
     routes = [  # hottest first: Starlette matches routes in order
         Route("/token", TokenEndpoint(p, grants).handle, methods=["POST"]),
-        Route("/orders", orders.list_orders, methods=["GET"], middleware=bearer),
-        Route("/orders", orders.create_order, methods=["POST"], middleware=bearer),
-        Route("/orders/{order_id}", orders.get_order, methods=["GET"], middleware=bearer),
+        *orders_api.routes(orders, p.verifier, p.iam),
         Route("/healthz", partial(healthz, p), methods=["GET"]),
         Route("/.well-known/openid-configuration", partial(discovery_endpoint, p, grant_names),
               methods=["GET"]),
@@ -95,13 +95,15 @@ def build_app(provider: Provider, *, demo: bool = False) -> Starlette:
         Route("/userinfo", partial(userinfo_endpoint, p), methods=["GET", "POST"],
               middleware=bearer),
         Route("/logout", partial(logout_endpoint, p), methods=["GET", "POST"]),
+        Route("/sts", partial(assume_role_endpoint, p), methods=["POST"], middleware=bearer),
 
     ]
     if demo:
         from bastion.demo import callback_page
 
         routes.append(Route("/demo/callback", callback_page, methods=["GET"]))
-    return Starlette(routes=routes, middleware=[Middleware(AccessLog)])
+    return Starlette(routes=routes, middleware=[Middleware(AccessLog),
+                                                Middleware(RequestContext)])
 
 
 class BastionServer:

@@ -3,19 +3,19 @@ works while a server runs on the same data, and prints JSON with ``--json``."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from bastion.config import ConfigError, Settings, load_settings
+from bastion.cli_audit import audit_app
+from bastion.cli_common import DataDir, JsonOut, _emit, _run, _settings, err, operator, out
+from bastion.cli_iam import iam_app
+from bastion.iam.scheme import principal_arn
 from bastion.identity.users import IdentityError
 
 app = typer.Typer(help="Bastion: self-hosted identity provider and API security layers.",
@@ -29,48 +29,8 @@ app.add_typer(users_app, name="users")
 app.add_typer(clients_app, name="clients")
 app.add_typer(keys_app, name="keys")
 app.add_typer(groups_app, name="groups")
-
-err = Console(stderr=True)
-out = Console(highlight=False, soft_wrap=True)
-T = TypeVar("T")
-
-DataDir = Annotated[Path | None, typer.Option("--data-dir", envvar="BASTION_DATA_DIR",
-                                             help="Data directory (default ./bastion-data).")]
-JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-
-
-def _settings(**kw: Any) -> Settings:
-    try:
-        return load_settings(**kw)
-    except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-
-
-def _run(settings: Settings, job: Callable[[Any], Awaitable[T]]) -> T:
-    """Open the provider (migrating if needed), run ``job(provider)``, close."""
-    from bastion.runtime import open_provider
-
-    async def go() -> T:
-        provider = await open_provider(settings)
-        try:
-            return await job(provider)
-        finally:
-            await provider.close()
-
-    try:
-        return asyncio.run(go())
-    except IdentityError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
-
-
-def _emit(as_json: bool, data: Any, text: str) -> None:
-    if as_json:
-        print(json.dumps(data, indent=2, sort_keys=True))
-    else:
-        out.print(text)
-
+app.add_typer(iam_app, name="iam")
+app.add_typer(audit_app, name="audit")
 
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -164,6 +124,9 @@ def users_create(
         async with p.sessions.begin() as db:
             user = await create_user(db, name, password, roles=role or [], name=full_name,
                                      email=email)
+        await p.audit.emit("CreateUser", user_identity=operator(),
+                           request_parameters={"userName": name, "roles": role or []},
+                           resources=[{"ARN": principal_arn("user", name, p.settings.account_id)}])
         return {"id": user.id, "username": user.username, "roles": user.roles}
 
     data = _run(_settings(data_dir=data_dir), job)
@@ -206,6 +169,8 @@ def users_totp(name: Annotated[str, typer.Argument(help="Username.")],
             if user is None:
                 raise IdentityError(f"no such user: {name}")
             user.totp_secret = p.wrapper.wrap(secret.encode(), "totp")
+        await p.audit.emit("EnableMfa", user_identity=operator(),
+                           request_parameters={"userName": name})
         return {"username": name, "secret": secret,
                 "uri": totp.provisioning_uri(secret, name)}
 
@@ -225,6 +190,8 @@ def groups_create(name: Annotated[str, typer.Argument(help="Group name.")],
     async def job(p: Any) -> dict[str, Any]:
         async with p.sessions.begin() as db:
             group = await create_group(db, name, role or [])
+        await p.audit.emit("CreateGroup", user_identity=operator(),
+                           request_parameters={"groupName": name, "roles": role or []})
         return {"id": group.id, "name": group.name, "roles": group.roles}
 
     data = _run(_settings(data_dir=data_dir), job)
@@ -241,6 +208,8 @@ def groups_add_member(group: Annotated[str, typer.Argument()],
     async def job(p: Any) -> dict[str, Any]:
         async with p.sessions.begin() as db:
             await add_member(db, group, username)
+        await p.audit.emit("AddUserToGroup", user_identity=operator(),
+                           request_parameters={"groupName": group, "userName": username})
         return {"group": group, "username": username}
 
     data = _run(_settings(data_dir=data_dir), job)
@@ -301,6 +270,9 @@ def clients_create(
                 scopes=scope, grant_types=grant_type, roles=role, jwks=jwks,
                 post_logout_redirect_uris=post_logout_redirect_uri, client_id=client_id,
                 auth_method=auth_method)
+        await p.audit.emit("CreateClient", user_identity=operator(), request_parameters={
+            "clientId": client.client_id, "name": name, "authMethod": client.auth_method,
+            "grantTypes": client.grant_types, "scopes": client.scopes, "roles": role})
         data = {"client_id": client.client_id, "name": client.name,
                 "token_endpoint_auth_method": client.auth_method,
                 "redirect_uris": client.redirect_uris, "grant_types": client.grant_types,
@@ -344,6 +316,8 @@ def keys_rotate(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     async def job(p: Any) -> dict[str, Any]:
         async with p.sessions.begin() as db:
             kid = await keys.rotate(db, p.wrapper, settings.signing_alg, settings.max_jwt_ttl)
+        await p.audit.emit("RotateSigningKey", user_identity=operator(),
+                           response_elements={"activeKid": kid})
         return {"active_kid": kid}
 
     data = _run(settings, job)

@@ -85,6 +85,27 @@ class Settings(BaseSettings):
     login_backoff_max: float = Field(900.0, gt=0, description="Longest backoff, seconds.")
     login_failure_window: int = Field(900, ge=60, description="Seconds failures are counted.")
 
+    # --- IAM ---------------------------------------------------------------------------
+    account_id: str = Field("000000000000", pattern=r"^[0-9]{12}$", description="The account "
+                            "id in every ARN (arn:bastion:iam::<account>:user/alice).")
+    iam_cache_ttl: float = Field(2.0, ge=0, le=60, description="Seconds a principal's "
+                                 "compiled policies are reused before the generation counter "
+                                 "is checked again (changes made by this process apply at "
+                                 "once; other instances see them within this time).")
+
+    # --- audit trail -------------------------------------------------------------------
+    audit_failure_mode: Literal["fail_closed", "spool"] = Field(
+        "fail_closed", description="When the trail cannot be written: fail_closed answers "
+        "503 to the request whose event could not be recorded; spool appends the event to "
+        "an fsynced file in data_dir/audit-spool and moves it into the trail, in order, "
+        "once the database is back. Never silently dropped.")
+    audit_checkpoint_every: int = Field(10_000, ge=1, description="Sign a Merkle checkpoint "
+                                        "after this many new records...")
+    audit_checkpoint_interval: float = Field(60.0, gt=0, description="...or after this many "
+                                             "seconds with new records, whichever is first.")
+    audit_batch_max: int = Field(5_000, ge=1, le=100_000, description="Most records written "
+                                 "in one group commit.")
+
     # --- housekeeping ------------------------------------------------------------------
     purge_interval: float = Field(60.0, gt=0, description="Seconds between purges of "
                                   "expired codes, tokens and sessions.")

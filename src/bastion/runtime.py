@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 
 from bastion.config import Settings
+from bastion.iam.bootstrap import bootstrap as bootstrap_iam
 from bastion.identity.users import create_user, get_user_by_name
 from bastion.kms import load_or_create_kek
 from bastion.oauth.provider import Provider
@@ -36,7 +37,12 @@ async def open_provider(settings: Settings) -> Provider:
     provider = Provider(settings=settings, engine=engine, sessions=sessions, kv=kv,
                         wrapper=wrapper, keyring=ring, denylist=Denylist(kv, sessions),
                         fast=fast)
-    await provider.denylist.sync()
+    try:
+        await provider.denylist.sync()
+        await bootstrap_iam(provider.iam_admin)
+    except BaseException:
+        await provider.close()
+        raise
     return provider
 
 

@@ -12,7 +12,6 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -62,7 +61,7 @@ CLIENT_SQL = ("SELECT client_id, name, secret_hash, auth_method, redirect_uris, 
               "WHERE client_id = :client_id")
 
 
-def client_from_row(row: Mapping[str, Any]) -> ClientInfo:
+def client_from_row(row: Any) -> ClientInfo:
     """A ``ClientInfo`` from a raw row (JSON columns arrive as text or decoded)."""
 
     def js(value: Any) -> Any:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bastion.iam.scheme import principal_arn
 from bastion.identity.clients import ClientInfo
 from bastion.oauth.provider import Provider
 from bastion.store.fast import Row, Tx
@@ -118,10 +119,15 @@ async def issue_tokens(tx: Tx, provider: Provider, family: Family, client: Clien
     """Issue an access token (and refresh / ID tokens where due) inside ``family``."""
     s = provider.settings
     scope = " ".join(scopes)
+    extra: dict[str, Any] = {"principal_arn": principal_arn("user", user.username,
+                                                            s.account_id)}
+    if family.auth_time:
+        extra["auth_time"] = family.auth_time
+    if family.amr:  # RFC 9068 §2.2.1: aws:MultiFactorAuthPresent comes from it
+        extra["amr"] = family.amr
     access = provider.tokens.access_token(
         subject=user.id, client_id=client.client_id, audience=provider.api_audience,
-        scope=scope, ttl=s.access_token_ttl, roles=user.roles,
-        extra={"auth_time": family.auth_time} if family.auth_time else None)
+        scope=scope, ttl=s.access_token_ttl, roles=user.roles, extra=extra)
     await tx.run("INSERT INTO issued_access_tokens (jti, family_id, expires_at) "
                  "VALUES (:jti, :f, :exp)", jti=access.jti, f=family.id,
                  exp=access.expires_at)

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from bastion.iam.scheme import principal_arn
 from bastion.identity import totp
 from bastion.identity.clients import is_loopback_host
 from bastion.identity.passwords import verify_password
@@ -158,6 +159,20 @@ async def _signed_in(request: Request, provider: Provider, req: PendingRequest,
     return response
 
 
+async def _audit_login(provider: Provider, event: str, username: str, req: PendingRequest,
+                       error: str | None, message: str | None, *,
+                       mfa_required: bool = False) -> None:
+    """A sign-in attempt: who (as typed, for failures too), for which client, the outcome.
+    The password or code itself never reaches the trail."""
+    await provider.audit.emit(
+        event, user_identity={"type": "IAMUser", "userName": username,
+                              "arn": principal_arn("user", username,
+                                                   provider.settings.account_id)},
+        request_parameters={"clientId": req.client_id},
+        response_elements={"mfaRequired": mfa_required} if error is None else None,
+        error_code=error, error_message=message)
+
+
 def _cookie(provider: Provider, base: str) -> str:
     from bastion.oauth.sessions import cookie_name
 
@@ -192,6 +207,8 @@ async def login_submit(provider: Provider, request: Request) -> Response:
     ip = _client_ip(request)
     wait = await provider.throttle.retry_after(username, ip)
     if wait > 0:
+        await _audit_login(provider, "Login", username, req, "Throttled",
+                           "too many failed attempts")
         return await _login_form(provider, req, browser, username=username, status=429,
                                  message=f"Too many attempts. Try again in {int(wait) + 1} "
                                          "seconds.")
@@ -200,10 +217,14 @@ async def login_submit(provider: Provider, request: Request) -> Response:
     ok = await verify_password(user.password_hash if user else None, password)
     if not ok or user is None or user.disabled:
         await provider.throttle.failure(username, ip)
+        await _audit_login(provider, "Login", username, req, "InvalidCredentials",
+                           "unknown user, wrong password or disabled account")
         # identical answer for unknown users, wrong passwords and disabled accounts
         return await _login_form(provider, req, browser, username=username, status=401,
                                  message="Invalid username or password.")
     await provider.throttle.success(username)
+    await _audit_login(provider, "Login", username, req, None, None,
+                       mfa_required=user.totp_secret is not None)
     if user.totp_secret is not None:
         req.user_id, req.amr = user.id, ["pwd"]
         await save_pending(provider, req)
@@ -247,6 +268,8 @@ async def mfa_submit(provider: Provider, request: Request) -> Response:
         return _expired()
     ip = _client_ip(request)
     if await provider.throttle.retry_after(user.username, ip) > 0:
+        await _audit_login(provider, "VerifyMfa", user.username, req, "Throttled",
+                           "too many failed attempts")
         return await _mfa_form(req, browser, "Too many attempts. Try again later.", 429)
     try:
         secret = provider.wrapper.unwrap(user.totp_secret, "totp").decode()
@@ -254,8 +277,11 @@ async def mfa_submit(provider: Provider, request: Request) -> Response:
         return error_page("Two-step verification is unavailable for this account.", 500)
     if not await totp.verify_code(secret, form.get("code", ""), user.id, provider.kv):
         await provider.throttle.failure(user.username, ip)
+        await _audit_login(provider, "VerifyMfa", user.username, req, "InvalidMfaCode",
+                           "the one-time code was not valid")
         return await _mfa_form(req, browser, "That code is not valid.", 401)
     await provider.throttle.success(user.username)
+    await _audit_login(provider, "VerifyMfa", user.username, req, None, None)
     return await _signed_in(request, provider, req, user, ["pwd", "otp", "mfa"])
 
 
@@ -297,7 +323,12 @@ async def consent_submit(provider: Provider, request: Request) -> Response:
                                                      provider.secure_cookies))
         if session is None:
             return RedirectResponse(f"/login?r={req.id}", status_code=303)
+        consent = {"clientId": req.client_id, "scope": " ".join(req.scopes)}
+        actor = {"type": "IAMUser", "principalId": session.user_id}
         if form.get("decision") != "allow":
+            await provider.audit.emit("GrantConsent", user_identity=actor,
+                                      request_parameters=consent, error_code="ConsentDenied",
+                                      error_message="the user denied the request")
             await provider.kv.delete(req.key())
             return error_redirect(provider, RedirectError(
                 errors.AccessDenied("the user denied the request"), req.redirect_uri, req.state))
@@ -310,4 +341,5 @@ async def consent_submit(provider: Provider, request: Request) -> Response:
         else:
             existing.scopes = sorted(set(existing.scopes) | set(req.scopes))
             existing.granted_at = now
+    await provider.audit.emit("GrantConsent", user_identity=actor, request_parameters=consent)
     return await issue_code(provider, req, session)

@@ -15,7 +15,11 @@ import anyio.to_thread
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from bastion.audit.notary import Notary
+from bastion.audit.trail import AuditTrail
 from bastion.config import Settings
+from bastion.iam.admin import IamAdmin
+from bastion.iam.authorizer import Authorizer
 from bastion.identity.clients import CLIENT_ID_RE, CLIENT_SQL, ClientInfo, client_from_row
 from bastion.identity.throttle import LoginThrottle, ThrottlePolicy
 from bastion.kms import KeyWrapper
@@ -49,6 +53,10 @@ class Provider:
     issuer_url: str = field(init=False)
     tokens: TokenIssuer = field(init=False)
     verifier: TokenVerifier = field(init=False)
+    audit: AuditTrail = field(init=False)
+    notary: Notary = field(init=False)
+    iam: Authorizer = field(init=False)
+    iam_admin: IamAdmin = field(init=False)
     _clients: dict[str, tuple[float, ClientInfo | None]] = field(default_factory=dict)
     _client_lookups: dict[str, asyncio.Future[ClientInfo | None]] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -60,6 +68,14 @@ class Provider:
         self.verifier = TokenVerifier(issuer=self.issuer_url, audience=self.api_audience,
                                       jwks=KeyRingSource(self), algorithms=keys.ALGORITHMS,
                                       denylist=self.denylist)
+        self.audit = AuditTrail(self.fast, postgres=not isinstance(self.fast, SqliteStore),
+                                spool_dir=s.data_dir / "audit-spool",
+                                failure_mode=s.audit_failure_mode, batch_max=s.audit_batch_max)
+        self.notary = Notary(self.fast, self.wrapper, postgres=self.audit.postgres)
+        self._checkpointed = (0, time.monotonic())  # records appended, when
+        self.iam = Authorizer(self.fast, s.account_id, s.iam_cache_ttl)
+        self.iam_admin = IamAdmin(self.fast, s.account_id, self.audit.emit,
+                                  on_change=self.iam.invalidate)
         self.throttle = LoginThrottle(self.kv, ThrottlePolicy(
             s.login_max_failures_account, s.login_max_failures_ip, s.login_backoff_base,
             s.login_backoff_max, s.login_failure_window))
@@ -134,14 +150,31 @@ class Provider:
         if isinstance(self.fast, SqliteStore):
             await anyio.to_thread.run_sync(self.fast.checkpoint)
 
+    async def audit_housekeeping(self) -> None:
+        """Move spooled records into the trail; sign a checkpoint every N records or T
+        seconds with new records."""
+        s = self.settings
+        await self.audit.drain_spool()
+        count, when = self._checkpointed
+        new = self.audit.appended - count
+        if new >= s.audit_checkpoint_every or (
+                new > 0 and time.monotonic() - when >= s.audit_checkpoint_interval):
+            self._checkpointed = (self.audit.appended, time.monotonic())
+            await self.notary.checkpoint()
+
     def start_background(self) -> None:
         self._tasks.append(asyncio.create_task(self._every(self.settings.key_refresh_interval,
                                                            "_sync")))
         self._tasks.append(asyncio.create_task(self._every(self.settings.purge_interval,
                                                            "purge")))
         self._tasks.append(asyncio.create_task(self._every(1.0, "checkpoint")))
+        self._tasks.append(asyncio.create_task(self._every(1.0, "audit_housekeeping")))
 
     async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.audit.flush()
+            if self.audit.appended > self._checkpointed[0]:
+                await self.notary.checkpoint()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -32,6 +32,7 @@ async def revocation_endpoint(provider: Provider, request: Request) -> Response:
         if not token:
             raise InvalidRequest("token required")
         hint = params.get("token_type_hint")
+        revoked = None
         order = ["access", "refresh"] if hint == "access_token" else ["refresh", "access"]
         for kind in order:
             if kind == "refresh":
@@ -42,6 +43,7 @@ async def revocation_endpoint(provider: Provider, request: Request) -> Response:
                 if found.family.client_id == client.client_id:
                     async with provider.fast.transaction() as tx:
                         await revoke_families(provider, tx, "id = :fid", fid=found.family.id)
+                    revoked = "refresh_token"
                 break
             access = await find_access(provider, token)
             if access is None:
@@ -49,7 +51,12 @@ async def revocation_endpoint(provider: Provider, request: Request) -> Response:
             if access.client_id == client.client_id and access.jti:
                 async with provider.fast.transaction() as tx:
                     await provider.denylist.revoke(tx, [(access.jti, access.expires_at)])
+                revoked = "access_token"
             break
+        await provider.audit.emit(
+            "RevokeToken", user_identity={"type": "Client", "clientId": client.client_id},
+            request_parameters={"tokenTypeHint": (hint or "")[:32]},
+            response_elements={"revoked": revoked})
     except OAuthError as exc:
         return exc.response()
     # §2.2: 200 also for invalid or unknown tokens (nothing to tell an attacker)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -31,6 +32,8 @@ class TokenEndpoint:
         self.grants = {g.grant_type: g for g in grants}
 
     async def handle(self, request: Request) -> Response:
+        params: dict[str, str] = {}
+        client_id: str | None = None
         try:
             if request.method != "POST":
                 # §3.2: the client MUST use the HTTP POST method
@@ -40,12 +43,33 @@ class TokenEndpoint:
             if not grant_type:
                 raise InvalidRequest("grant_type required")
             client = await authenticate_client(request, params, self.provider, "/token")
+            client_id = client.client_id
             handler = self.grants.get(grant_type)
             if handler is None:
                 raise UnsupportedGrantType("unsupported grant_type")
             body = await handler.handle(TokenRequest(self.provider, client, params))
         except OAuthError as exc:
             log.info("token request refused: %s (%s)", exc.error, exc.debug or exc.description)
+            await self._audit(params, client_id, None, exc)
             return exc.response()
+        await self._audit(params, client_id, body, None)
         # §5.1: Cache-Control: no-store
         return JSONResponse(body, headers=NO_STORE)
+
+    async def _audit(self, params: dict[str, str], client_id: str | None,
+                     body: dict[str, Any] | None, exc: OAuthError | None) -> None:
+        """One record per token request, issued or refused; never the tokens themselves."""
+        grant = params.get("grant_type", "")
+        event = "RefreshToken" if grant == "refresh_token" else "IssueToken"
+        request = {"grantType": grant[:64], "clientId": client_id,
+                   "scope": params.get("scope")}
+        response = None if body is None else {
+            "tokenType": body.get("token_type"), "expiresIn": body.get("expires_in"),
+            "scope": body.get("scope"), "refreshTokenIssued": "refresh_token" in body,
+            "idTokenIssued": "id_token" in body}
+        identity = {"type": "Client", "principalId": client_id, "clientId": client_id} \
+            if client_id else {"type": "Anonymous"}
+        await self.provider.audit.emit(
+            event, user_identity=identity, request_parameters=request,
+            response_elements=response, error_code=exc.error if exc else None,
+            error_message=(exc.description or exc.error)[:500] if exc else None)

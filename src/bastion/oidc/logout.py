@@ -96,6 +96,9 @@ async def logout_endpoint(provider: Provider, request: Request) -> Response:
             await revoke_families(provider, tx, "sid = :sid", sid=session.sid)
         async with provider.sessions.begin() as db:
             await end_session(db, session.sid)
+        await provider.audit.emit("Logout", user_identity={
+            "type": "IAMUser", "principalId": session.user_id},
+            request_parameters={"clientId": client.client_id if client else None})
     if target is not None:
         url = target
         if "state" in params:

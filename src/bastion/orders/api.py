@@ -1,6 +1,12 @@
-"""Orders API. ``GET /orders`` and ``GET /orders/{id}`` need scope and role ``order:view``;
-``POST /orders`` needs ``order:create``. Users see only their own orders; every body is
-validated (any malformed input is a 400 or 422, never a 500)."""
+"""Orders API: ``GET /orders`` (orders:ListOrders), ``GET /orders/{id}`` (orders:GetOrder),
+``POST /orders`` (orders:CreateOrder). Who may call what is IAM's decision at the edge (the
+bootstrap attaches policies to the roles ``order:view`` and ``order:create`` that tokens
+carry); here users see only their own orders, and every body is validated (any malformed
+input is a 400 or 422, never a 500).
+
+Every access is an audit record (who read or changed which order), and so is every SQL
+statement the service runs (class, statement text, parameter names but not values, rows,
+user), like pgaudit."""
 
 from __future__ import annotations
 
@@ -17,14 +23,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bastion.audit.trail import AuditTrail
+from bastion.edge.authz import Authorize, user_identity
+from bastion.iam.authorizer import Authorizer
 from bastion.store.fast import FastStore, Row
-from bastion.tokens.errors import BearerError
-from bastion.tokens.starlette import BearerAuthMiddleware, authorize, bearer_error_response
-from bastion.tokens.verify import TokenVerifier
+from bastion.tokens.starlette import BearerAuthMiddleware
+from bastion.tokens.verify import TokenVerifier, VerifiedToken
 
 MAX_BODY = 16 * 1024
 ORDER_ID_RE = re.compile(r"[0-9a-f]{1,64}")
-VIEW, CREATE = "order:view", "order:create"
+ORDER_ARN = "arn:bastion:orders::{account}:order/{order_id}"
+ALL_ORDERS_ARN = "arn:bastion:orders::{account}:order/*"
 
 
 class NewOrder(BaseModel):
@@ -41,7 +50,7 @@ def _problem(status: int, title: str, detail: Any = None) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
-def _public(order: Row) -> dict[str, Any]:
+def _public(order: Row | dict[str, Any]) -> dict[str, Any]:
     return {"id": order["id"], "item": order["item"], "quantity": order["quantity"],
             "unit_price_cents": order["unit_price_cents"],
             "total_cents": order["quantity"] * order["unit_price_cents"],
@@ -57,38 +66,81 @@ INSERT_SQL = ("INSERT INTO orders (id, owner, item, quantity, unit_price_cents, 
               ":created_at)")
 
 
+def _caller(request: Request) -> tuple[VerifiedToken, dict[str, Any]]:
+    state = request.scope["state"]
+    return state["token"], user_identity(state["subject"], state["principal"])
+
+
+class AuditedSQL:
+    """Runs the service's statements and records each one (pgaudit's fields)."""
+
+    def __init__(self, store: FastStore, audit: AuditTrail) -> None:
+        self.store = store
+        self.audit = audit
+
+    async def _record(self, sql: str, params: dict[str, Any], rows: int,
+                      actor: dict[str, Any]) -> None:
+        command = sql.split(None, 1)[0].upper()
+        await self.audit.emit("SqlStatement", user_identity=actor, request_parameters={
+            "class": "READ" if command == "SELECT" else "WRITE", "command": command,
+            "statement": sql, "parameters": sorted(params)},
+            response_elements={"rows": rows})
+
+    async def one(self, actor: dict[str, Any], sql: str, **params: Any) -> Row | None:
+        row = await self.store.one(sql, **params)
+        await self._record(sql, params, 0 if row is None else 1, actor)
+        return row
+
+    async def all(self, actor: dict[str, Any], sql: str, **params: Any) -> list[Row]:
+        rows = await self.store.all(sql, **params)
+        await self._record(sql, params, len(rows), actor)
+        return rows
+
+    async def run(self, actor: dict[str, Any], sql: str, **params: Any) -> int:
+        async with self.store.transaction() as tx:
+            count = await tx.run(sql, **params)
+        await self._record(sql, params, count, actor)
+        return count
+
+
 class OrdersAPI:
     """Served from the fast store: one indexed statement per request."""
 
-    def __init__(self, store: FastStore) -> None:
-        self.store = store
+    def __init__(self, store: FastStore, audit: AuditTrail, account: str) -> None:
+        self.sql = AuditedSQL(store, audit)
+        self.audit = audit
+        self.account = account
+
+    def _arn(self, order_id: str) -> list[dict[str, str]]:
+        return [{"type": "Bastion::Orders::Order",
+                 "ARN": ORDER_ARN.format(account=self.account, order_id=order_id)}]
 
     async def list_orders(self, request: Request) -> Response:
-        try:
-            token = authorize(request, scopes=[VIEW], roles=[VIEW])
-        except BearerError as err:
-            return bearer_error_response(err)
-        rows = await self.store.all(LIST_SQL, owner=token.subject)
+        token, actor = _caller(request)
+        rows = await self.sql.all(actor, LIST_SQL, owner=token.subject)
+        await self.audit.emit("ListOrders", user_identity=actor,
+                              response_elements={"count": len(rows)},
+                              resources=self._arn("*"))
         return JSONResponse({"orders": [_public(o) for o in rows]})
 
     async def get_order(self, request: Request) -> Response:
-        try:
-            token = authorize(request, scopes=[VIEW], roles=[VIEW])
-        except BearerError as err:
-            return bearer_error_response(err)
+        token, actor = _caller(request)
         order_id = request.path_params["order_id"]
-        order = await self.store.one(GET_SQL, id=order_id) \
+        order = await self.sql.one(actor, GET_SQL, id=order_id) \
             if ORDER_ID_RE.fullmatch(order_id) else None
         # another user's order is indistinguishable from a missing one
-        if order is None or order["owner"] != token.subject:
+        found = order is not None and order["owner"] == token.subject
+        await self.audit.emit("GetOrder", user_identity=actor,
+                              request_parameters={"orderId": order_id[:64]},
+                              resources=self._arn(order_id[:64]),
+                              error_code=None if found else "NotFound",
+                              error_message=None if found else "no such order of this user")
+        if not found or order is None:
             return _problem(404, "not_found")
         return JSONResponse(_public(order))
 
     async def create_order(self, request: Request) -> Response:
-        try:
-            token = authorize(request, scopes=[CREATE], roles=[CREATE])
-        except BearerError as err:
-            return bearer_error_response(err)
+        token, actor = _caller(request)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json":
             return _problem(415, "unsupported_media_type", "send application/json")
@@ -107,18 +159,37 @@ class OrdersAPI:
         order = {"id": secrets.token_hex(8), "owner": token.subject, "item": data.item,
                  "quantity": data.quantity, "unit_price_cents": data.unit_price_cents,
                  "status": "placed", "created_at": int(time.time())}
-        async with self.store.transaction() as tx:
-            await tx.run(INSERT_SQL, **order)
+        await self.sql.run(actor, INSERT_SQL, **order)
+        await self.audit.emit("CreateOrder", user_identity=actor,
+                              request_parameters={"item": data.item,
+                                                  "quantity": data.quantity},
+                              response_elements={"orderId": order["id"]},
+                              resources=self._arn(str(order["id"])))
         return JSONResponse(_public(order), status_code=201,
                             headers={"Location": f"/orders/{order['id']}"})
 
 
-def create_orders_app(store: FastStore, verifier: TokenVerifier) -> Starlette:
-    api = OrdersAPI(store)
-    routes = [
-        Route("/orders", api.list_orders, methods=["GET"]),
-        Route("/orders", api.create_order, methods=["POST"]),
-        Route("/orders/{order_id}", api.get_order, methods=["GET"]),
+def routes(api: OrdersAPI, verifier: TokenVerifier, iam: Authorizer) -> list[Route]:
+    """The Orders routes, each with the IAM action and resource it is authorized as."""
+    def guard(action: str, resource: str) -> list[Middleware]:
+        return [Middleware(BearerAuthMiddleware, verifier=verifier),
+                Middleware(Authorize, iam=iam, audit=api.audit, action=action,
+                           resource=resource)]
+
+    return [
+        Route("/orders", api.list_orders, methods=["GET"],
+              middleware=guard("orders:ListOrders", ALL_ORDERS_ARN)),
+        Route("/orders", api.create_order, methods=["POST"],
+              middleware=guard("orders:CreateOrder", ALL_ORDERS_ARN)),
+        Route("/orders/{order_id}", api.get_order, methods=["GET"],
+              middleware=guard("orders:GetOrder", ORDER_ARN)),
     ]
-    return Starlette(routes=routes,
-                     middleware=[Middleware(BearerAuthMiddleware, verifier=verifier)])
+
+
+def create_orders_app(store: FastStore, verifier: TokenVerifier, iam: Authorizer,
+                      audit: AuditTrail) -> Starlette:
+    """The Orders API on its own (behind Bastion's edge middleware)."""
+    from bastion.edge.request import RequestContext
+
+    return Starlette(routes=routes(OrdersAPI(store, audit, iam.account), verifier, iam),
+                     middleware=[Middleware(RequestContext)])

@@ -21,13 +21,20 @@ import contextlib
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
-Row = Mapping[str, Any]
+
+class Row(Protocol):
+    """A result row: ``sqlite3.Row`` or ``asyncpg.Record``, indexed by name or position."""
+
+    def __getitem__(self, key: int | str, /) -> Any: ...
+    def __len__(self) -> int: ...
+
+
 BUSY_DEADLINE = 30.0  # seconds a writer waits for another process's write lock
 
 
@@ -38,6 +45,10 @@ class Tx(Protocol):
     async def all(self, sql: str, **params: Any) -> list[Row]: ...
     async def run(self, sql: str, **params: Any) -> int:
         """Execute; return the number of rows affected."""
+        ...
+
+    async def many(self, sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Execute once per parameter set, in one round trip where the driver can."""
         ...
 
 
@@ -65,6 +76,9 @@ class _SqliteTx:
 
     async def run(self, sql: str, **params: Any) -> int:
         return self._c.execute(sql, params).rowcount
+
+    async def many(self, sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        self._c.executemany(sql, rows)
 
 
 def _sqlite_connect(path: str) -> sqlite3.Connection:
@@ -201,6 +215,10 @@ class _PgTx:
         status: str = await self._c.execute(text, *args)
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
+
+    async def many(self, sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        text, names = _Compiled.of(sql)
+        await self._c.executemany(text, [[row[n] for n in names] for row in rows])
 
 
 class PostgresStore:

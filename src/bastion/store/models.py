@@ -6,8 +6,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, LargeBinary, String
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# 64-bit on PostgreSQL; on SQLite an INTEGER PRIMARY KEY is the rowid itself (no extra index)
+Seq = BigInteger().with_variant(Integer, "sqlite")
 
 
 class Base(DeclarativeBase):
@@ -165,3 +178,123 @@ class Order(Base):
 
 
 Index("ix_families_user", TokenFamily.user_id)
+
+
+# --- IAM ------------------------------------------------------------------------------------
+class IamPolicy(Base):
+    """A managed policy: a named JSON document in the IAM grammar, validated at write time."""
+
+    __tablename__ = "iam_policies"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    description: Mapped[str] = mapped_column(String(1000), default="")
+    document: Mapped[str] = mapped_column(Text)  # the JSON text as given
+    version: Mapped[int] = mapped_column(Integer, default=1)  # bumped on every update
+    created_at: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[int] = mapped_column(Integer)
+
+
+class IamRole(Base):
+    __tablename__ = "iam_roles"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    description: Mapped[str] = mapped_column(String(1000), default="")
+    trust_policy: Mapped[str] = mapped_column(Text)  # who may AssumeRole (JSON)
+    max_session_duration: Mapped[int] = mapped_column(Integer, default=3600)
+    created_at: Mapped[int] = mapped_column(Integer)
+
+
+class IamPrincipal(Base):
+    """Per-principal IAM settings: permission boundary and tags (``aws:PrincipalTag/*``).
+    ``kind`` is user | group | role | client; ``name`` the user/group/role name or client id."""
+
+    __tablename__ = "iam_principals"
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    boundary: Mapped[str | None] = mapped_column(
+        ForeignKey("iam_policies.name", ondelete="RESTRICT"))
+    tags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class IamAttachment(Base):
+    """A managed policy attached to a principal."""
+
+    __tablename__ = "iam_attachments"
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    policy: Mapped[str] = mapped_column(ForeignKey("iam_policies.name", ondelete="RESTRICT"),
+                                        primary_key=True, index=True)
+    attached_at: Mapped[int] = mapped_column(Integer)
+
+
+class IamInlinePolicy(Base):
+    __tablename__ = "iam_inline_policies"
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    policy_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    document: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[int] = mapped_column(Integer)
+
+
+class IamResourcePolicy(Base):
+    """A resource-based policy (``Principal``/``NotPrincipal``) on a resource ARN."""
+
+    __tablename__ = "iam_resource_policies"
+    resource_arn: Mapped[str] = mapped_column(String(512), primary_key=True)
+    document: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[int] = mapped_column(Integer)
+
+
+class IamGeneration(Base):
+    """One row; bumped by every IAM change so that every instance drops its compiled cache."""
+
+    __tablename__ = "iam_generation"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer)
+
+
+# --- audit trail ----------------------------------------------------------------------------
+class AuditEvent(Base):
+    """One record of the append-only trail. ``body`` is the canonical JSON that is hashed;
+    ``hash`` = SHA-256(0x00 || previous hash || body), the RFC 9162 leaf hash of the entry.
+    The other columns are copies of body fields, for search only (verify never trusts them)."""
+
+    __tablename__ = "audit_events"
+    seq: Mapped[int] = mapped_column(Seq, primary_key=True, autoincrement=False)
+    event_time: Mapped[int] = mapped_column(BigInteger, index=True)  # unix milliseconds
+    event_name: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str | None] = mapped_column(String(512), index=True)
+    resource: Mapped[str | None] = mapped_column(String(512))
+    outcome: Mapped[str] = mapped_column(String(16))  # success | failure
+    request_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    hash: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AuditCheckpoint(Base):
+    """A signed tree head over the first ``tree_size`` records, chained to the previous one."""
+
+    __tablename__ = "audit_checkpoints"
+    tree_size: Mapped[int] = mapped_column(Seq, primary_key=True, autoincrement=False)
+    document: Mapped[str] = mapped_column(Text)  # the checkpoint as JSON (signed)
+    created_at: Mapped[int] = mapped_column(Integer)
+
+
+class AuditSigningKey(Base):
+    __tablename__ = "audit_signing_keys"
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    private_key: Mapped[bytes] = mapped_column(LargeBinary)  # wrapped by the KEK
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)  # raw Ed25519
+    status: Mapped[str] = mapped_column(String(16))  # active | retired
+    created_at: Mapped[int] = mapped_column(Integer)
+
+
+class AuditArchive(Base):
+    """A segment of the trail moved out to a file by retention. Rows up to ``last_seq`` may be
+    deleted (the append-only triggers allow nothing else); the file stays verifiable."""
+
+    __tablename__ = "audit_archives"
+    last_seq: Mapped[int] = mapped_column(Seq, primary_key=True, autoincrement=False)
+    first_seq: Mapped[int] = mapped_column(BigInteger)
+    last_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    path: Mapped[str] = mapped_column(String(1024))
+    sha256: Mapped[str] = mapped_column(String(64))  # of the archive file
+    created_at: Mapped[int] = mapped_column(Integer)

@@ -34,6 +34,7 @@ class AuthorizationCodeGrant:
         now = int(time.time())
         failure: OAuthError | None = None
         body: dict[str, Any] = {}
+        replayed_family = None
         async with provider.fast.transaction() as tx:
             # atomic single use: of two concurrent redemptions only one gets the row
             row = await tx.one(
@@ -46,6 +47,7 @@ class AuthorizationCodeGrant:
                     # §4.1.2: a code used twice: SHOULD revoke all tokens issued from it
                     await revoke_families(provider, tx, "id = :fid",
                                           fid=replayed["family_id"])
+                    replayed_family = replayed["family_id"]
                 failure = InvalidGrant("invalid authorization code")
             else:
                 failure = self._check(row, params, client.client_id, now)
@@ -63,6 +65,12 @@ class AuthorizationCodeGrant:
                     body = await issue_tokens(tx, provider, family, client, user,
                                               row["scope"].split(" "), nonce=row["nonce"])
         # the code stays consumed even when the exchange failed: codes are single use
+        if replayed_family is not None:
+            await provider.audit.emit(
+                "CodeReplayDetected",
+                user_identity={"type": "Client", "clientId": client.client_id},
+                request_parameters={"familyId": replayed_family},
+                error_code="invalid_grant", error_message="tokens issued from the code revoked")
         if failure is not None:
             raise failure
         return body

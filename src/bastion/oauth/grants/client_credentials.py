@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bastion.iam.scheme import principal_arn
 from bastion.oauth.errors import InvalidScope, UnauthorizedClient
 from bastion.oauth.grants.base import TokenRequest
 
@@ -27,7 +28,9 @@ class ClientCredentialsGrant:
         scope = " ".join(scopes)
         token = provider.tokens.access_token(
             subject=client.client_id, client_id=client.client_id,
-            audience=provider.api_audience, scope=scope, ttl=ttl, roles=client.roles)
+            audience=provider.api_audience, scope=scope, ttl=ttl, roles=client.roles,
+            extra={"principal_arn": principal_arn("client", client.client_id,
+                                                  provider.settings.account_id)})
         # §4.4.3: a refresh token SHOULD NOT be included
         return {"access_token": token.token, "token_type": "Bearer", "expires_in": ttl,
                 "scope": scope}

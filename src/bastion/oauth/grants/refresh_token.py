@@ -58,5 +58,11 @@ class RefreshTokenGrant:
                 else:
                     body = await issue_tokens(tx, provider, family, client, user, scopes)
         if failure is not None:
+            if "reuse detected" in (failure.description or ""):
+                await provider.audit.emit(
+                    "RefreshTokenReuseDetected",
+                    user_identity={"type": "Client", "clientId": client.client_id},
+                    request_parameters={"familyId": family.id},
+                    error_code="invalid_grant", error_message="grant revoked")
             raise failure
         return body

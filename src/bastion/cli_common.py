@@ -1,0 +1,73 @@
+"""Shared plumbing of the ``bastion`` command's sub-commands."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from bastion.config import ConfigError, Settings, load_settings
+from bastion.iam.admin import IamError
+from bastion.identity.users import IdentityError
+
+err = Console(stderr=True)
+out = Console(highlight=False, soft_wrap=True)
+T = TypeVar("T")
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", envvar="BASTION_DATA_DIR",
+                                             help="Data directory (default ./bastion-data).")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _settings(**kw: Any) -> Settings:
+    try:
+        return load_settings(**kw)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _run(settings: Settings, job: Callable[[Any], Awaitable[T]]) -> T:
+    """Open the provider (migrating if needed), run ``job(provider)``, close."""
+    from bastion.runtime import open_provider
+
+    async def go() -> T:
+        provider = await open_provider(settings)
+        try:
+            return await job(provider)
+        finally:
+            await provider.close()
+
+    try:
+        return asyncio.run(go())
+    except IdentityError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except IamError as exc:
+        err.print(f"[red]error:[/red] {exc.code}: {exc.message}")
+        for finding in exc.findings:
+            err.print(f"  {finding.severity} {finding.code} at {finding.path}: "
+                      f"{finding.message}")
+        raise typer.Exit(1) from None
+
+
+def _emit(as_json: bool, data: Any, text: str) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        out.print(text)
+
+
+def operator() -> dict[str, Any]:
+    """The audit ``userIdentity`` of whoever runs the CLI: whoever can read the data dir."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = "unknown"
+    return {"type": "LocalOperator", "principalId": name, "userName": name}

@@ -1,0 +1,422 @@
+"""``bastion iam``: validate and simulate policies; manage policies, attachments, inline
+policies, boundaries, tags, roles and resource policies. Every change is audited."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from bastion.cli_common import DataDir, JsonOut, _emit, _run, _settings, err, operator, out
+
+iam_app = typer.Typer(help="Zero-trust IAM: AWS-style JSON policies.", no_args_is_help=True)
+policies_app = typer.Typer(help="Managed policies.", no_args_is_help=True)
+roles_app = typer.Typer(help="Roles (assumable; tokens carry role names).",
+                        no_args_is_help=True)
+inline_app = typer.Typer(help="Inline policies of users, groups, roles and clients.",
+                         no_args_is_help=True)
+iam_app.add_typer(policies_app, name="policies")
+iam_app.add_typer(roles_app, name="roles")
+iam_app.add_typer(inline_app, name="inline")
+
+PolicyKindOpt = Annotated[str, typer.Option(
+    "--kind", help="identity | resource | trust | boundary | session")]
+KindArg = Annotated[str, typer.Argument(help="user | group | role | client")]
+NameArg = Annotated[str, typer.Argument(help="Username, group, role or client id.")]
+ContextOpt = Annotated[list[str] | None, typer.Option(
+    "--context", help="KEY=VALUE; give a key several times for a multi-valued key.")]
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        err.print(f"[red]error:[/red] cannot read {path}: {exc}")
+        raise typer.Exit(2) from None
+
+
+# --- validate -----------------------------------------------------------------------------
+@iam_app.command("validate")
+def validate(file: Annotated[Path, typer.Argument(help="Policy JSON file.")],
+             kind: PolicyKindOpt = "identity", as_json: JsonOut = False) -> None:
+    """Check a policy like IAM Access Analyzer's validate-policy. Exit 1 on errors."""
+    from bastion.iam import validate_policy
+
+    if kind not in ("identity", "resource", "trust", "boundary", "session"):
+        err.print("[red]error:[/red] --kind must be identity, resource, trust, boundary or "
+                  "session")
+        raise typer.Exit(2)
+    findings = validate_policy(_read(file), kind=kind)  # type: ignore[arg-type]
+    lines = [f"{f.severity:16} {f.code:28} {f.path}: {f.message}" for f in findings]
+    _emit(as_json, {"findings": [f.to_dict() for f in findings]},
+          "\n".join(lines) if lines else "no findings")
+    if any(f.severity == "ERROR" for f in findings):
+        raise typer.Exit(1)
+
+
+# --- simulate -----------------------------------------------------------------------------
+def _context(pairs: list[str] | None) -> dict[str, Any]:
+    ctx: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            err.print(f"[red]error:[/red] --context wants KEY=VALUE, got {pair!r}")
+            raise typer.Exit(2)
+        if key in ctx:
+            prev = ctx[key]
+            ctx[key] = [*prev, value] if isinstance(prev, list) else [prev, value]
+        else:
+            ctx[key] = value
+    return ctx
+
+
+def _clock(ctx: dict[str, Any]) -> None:
+    lower = {k.lower() for k in ctx}
+    now = time.time()
+    if "aws:currenttime" not in lower:
+        ctx["aws:CurrentTime"] = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if "aws:epochtime" not in lower:
+        ctx["aws:EpochTime"] = str(int(now))
+
+
+def _show(decision: Any, as_json: bool) -> None:
+    data = decision.to_dict()
+    lines = [f"decision: {decision.decision}"]
+    lines += [f"  {s.effect:5} {s.source:8} {s.policy_id} statement {s.index}"
+              + (f" ({s.sid})" if s.sid else "") for s in decision.statements]
+    if decision.reason:
+        lines.append(f"  {decision.reason}")
+    _emit(as_json, data, "\n".join(lines))
+
+
+@iam_app.command("simulate")
+def simulate(
+    action: Annotated[str, typer.Option(help="The action, e.g. orders:GetOrder.")],
+    resource: Annotated[str, typer.Option(help="The resource ARN.")],
+    principal: Annotated[str | None, typer.Option(
+        help="A stored principal's ARN (its stored policies are evaluated).")] = None,
+    caller_arn: Annotated[str | None, typer.Option(
+        help="The caller's ARN when evaluating --policy-file policies.")] = None,
+    policy_file: Annotated[list[Path] | None, typer.Option(
+        help="Identity policy file (repeatable), like simulate-custom-policy.")] = None,
+    resource_policy_file: Annotated[Path | None, typer.Option(
+        help="Resource-based policy file.")] = None,
+    boundary_file: Annotated[Path | None, typer.Option(
+        help="Permissions boundary file.")] = None,
+    context: ContextOpt = None,
+    data_dir: DataDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Evaluate a request: allowed, explicitDeny or implicitDeny, and the deciding
+    statements. aws:CurrentTime/aws:EpochTime come from the clock unless given."""
+    from bastion.iam import PolicyError, PolicySet, Request, evaluate, parse_policy
+
+    ctx = _context(context)
+    _clock(ctx)
+    if (principal is None) == (caller_arn is None):
+        err.print("[red]error:[/red] give exactly one of --principal or --caller-arn")
+        raise typer.Exit(2)
+    if caller_arn is not None:
+        if not policy_file:
+            err.print("[red]error:[/red] --caller-arn needs at least one --policy-file")
+            raise typer.Exit(2)
+        try:
+            identity = PolicySet(parse_policy(_read(f), policy_id=f.name) for f in policy_file)
+            rp = parse_policy(_read(resource_policy_file), kind="resource",
+                              policy_id=resource_policy_file.name) \
+                if resource_policy_file else None
+            boundary = PolicySet([parse_policy(_read(boundary_file), kind="boundary",
+                                               policy_id=boundary_file.name)]) \
+                if boundary_file else None
+        except PolicyError as exc:
+            err.print(f"[red]error:[/red] invalid policy: {exc}")
+            raise typer.Exit(2) from None
+        ctx.setdefault("aws:PrincipalArn", caller_arn)
+        name = caller_arn.rsplit("/", 1)[-1]
+        if ":user/" in caller_arn:
+            ctx.setdefault("aws:username", name)
+        decision = evaluate(Request(caller_arn, action, resource, ctx), identity,
+                            resource_policy=rp, boundary=boundary)
+        _show(decision, as_json)
+        return
+    if policy_file or boundary_file:
+        err.print("[red]error:[/red] --policy-file/--boundary-file go with --caller-arn")
+        raise typer.Exit(2)
+    assert principal is not None
+    rp_text = _read(resource_policy_file) if resource_policy_file else None
+
+    async def job(p: Any) -> Any:
+        subject = await _subject(p, principal)
+        _, decision = await p.iam.decide(subject, action, resource, source_ip=None,
+                                         secure=True, extra=ctx, resource_policy=rp_text)
+        return decision
+
+    _show(_run(_settings(data_dir=data_dir), job), as_json)
+
+
+async def _subject(p: Any, arn: str) -> Any:
+    from bastion.iam.admin import IamError
+    from bastion.iam.authorizer import Subject
+    from bastion.iam.scheme import parse_principal_arn
+    from bastion.iam.store import json_value
+
+    ref = parse_principal_arn(arn, p.settings.account_id)
+    if ref is None:
+        raise IamError("InvalidInput", f"not a principal ARN of account "
+                       f"{p.settings.account_id}: {arn}")
+    if ref.kind == "user":
+        row = await p.fast.one("SELECT id, roles FROM users WHERE username = :n", n=ref.name)
+        if row is None:
+            raise IamError("NoSuchEntity", f"the user {ref.name} does not exist")
+        user_roles = set(json_value(row[1]) or [])
+        for g in await p.fast.all("SELECT g.roles FROM groups g JOIN group_members m ON "
+                                  "m.group_id = g.id WHERE m.user_id = :id", id=row[0]):
+            user_roles |= set(json_value(g[0]) or [])
+        return Subject("user", row[0], tuple(sorted(user_roles)))
+    if ref.kind == "client":
+        row = await p.fast.one("SELECT roles FROM clients WHERE client_id = :n", n=ref.name)
+        roles = tuple(sorted(json_value(row[0]) or [])) if row else ()
+        return Subject("client", ref.name, roles, client_id=ref.name)
+    return Subject(ref.kind, ref.name, (), ref.session)
+
+
+# --- policies -----------------------------------------------------------------------------
+def _policy_text(p: dict[str, Any]) -> str:
+    return f"{p['name']:28} v{p['version']:<3} {p['arn']}  {p['description']}"
+
+
+@policies_app.command("create")
+def policies_create(name: Annotated[str, typer.Argument()],
+                    file: Annotated[Path, typer.Argument(help="Policy JSON file.")],
+                    description: Annotated[str, typer.Option()] = "",
+                    data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Create a managed policy (validated first)."""
+    text = _read(file)
+
+    async def job(p: Any) -> Any:
+        return await p.iam_admin.create_policy(name, text, description=description,
+                                               actor=operator())
+
+    res = _run(_settings(data_dir=data_dir), job)
+    _emit(as_json, res, f"created {res['arn']}")
+
+
+@policies_app.command("update")
+def policies_update(name: Annotated[str, typer.Argument()],
+                    file: Annotated[Path, typer.Argument(help="Policy JSON file.")],
+                    data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Replace a managed policy's document (a new version)."""
+    text = _read(file)
+
+    async def job(p: Any) -> Any:
+        return await p.iam_admin.update_policy(name, text, actor=operator())
+
+    res = _run(_settings(data_dir=data_dir), job)
+    _emit(as_json, res, f"updated {res['arn']} to version {res['version']}")
+
+
+@policies_app.command("delete")
+def policies_delete(name: Annotated[str, typer.Argument()], data_dir: DataDir = None,
+                    as_json: JsonOut = False) -> None:
+    """Delete a managed policy (refused while attached)."""
+    async def job(p: Any) -> None:
+        await p.iam_admin.delete_policy(name, actor=operator())
+
+    _run(_settings(data_dir=data_dir), job)
+    _emit(as_json, {"deleted": name}, f"deleted {name}")
+
+
+@policies_app.command("get")
+def policies_get(name: Annotated[str, typer.Argument()], data_dir: DataDir = None,
+                 as_json: JsonOut = False) -> None:
+    """Show a managed policy and its document."""
+    async def job(p: Any) -> Any:
+        return await p.iam_admin.get_policy(name)
+
+    res = _run(_settings(data_dir=data_dir), job)
+    _emit(as_json, res, _policy_text(res) + "\n" + json.dumps(res["document"], indent=2))
+
+
+@policies_app.command("list")
+def policies_list(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """List managed policies."""
+    async def job(p: Any) -> Any:
+        return await p.iam_admin.list_policies()
+
+    res = _run(_settings(data_dir=data_dir), job)
+    _emit(as_json, res, "\n".join(_policy_text(r) for r in res))
+
+
+# --- attachments, boundaries, tags --------------------------------------------------------
+@iam_app.command("attach")
+def attach(kind: KindArg, name: NameArg, policy: Annotated[str, typer.Argument()],
+           data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Attach a managed policy to a user, group, role or client."""
+    async def job(p: Any) -> None:
+        await p.iam_admin.attach(kind, name, policy, actor=operator())
+
+    _run(_settings(data_dir=data_dir), job)
+    _emit(as_json, {"attached": policy, "kind": kind, "name": name},
+          f"attached {policy} to {kind} {name}")
+
+
+@iam_app.command("detach")
+def detach(kind: KindArg, name: NameArg, policy: Annotated[str, typer.Argument()],
+           data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Detach a managed policy."""
+    async def job(p: Any) -> None:
+        await p.iam_admin.detach(kind, name, policy, actor=operator())
+
+    _run(_settings(data_dir=data_dir), job)
+    _emit(as_json, {"detached": policy, "kind": kind, "name": name},
+          f"detached {policy} from {kind} {name}")
+
+
+@iam_app.command("boundary")
+def boundary(kind: KindArg, name: NameArg,
+             policy: Annotated[str | None, typer.Argument(
+                 help="Managed policy to use as the boundary; omit with --clear.")] = None,
+             clear: Annotated[bool, typer.Option(help="Remove the boundary.")] = False,
+             data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Set (or --clear) a principal's permissions boundary."""
+    if (policy is None) != clear:
+        err.print("[red]error:[/red] give a policy, or --clear")
+        raise typer.Exit(2)
+
+    async def job(p: Any) -> None:
+        await p.iam_admin.set_boundary(kind, name, policy, actor=operator())
+
+    _run(_settings(data_dir=data_dir), job)
+    _emit(as_json, {"kind": kind, "name": name, "boundary": policy},
+          f"boundary of {kind} {name}: {policy or 'none'}")
+
+
+@iam_app.command("tag")
+def tag(kind: KindArg, name: NameArg,
+        tags: Annotated[list[str], typer.Argument(help="KEY=VALUE (replaces all tags).")],
+        data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Set a principal's tags (aws:PrincipalTag/KEY in conditions)."""
+    pairs = dict(t.partition("=")[::2] for t in tags)
+
+    async def job(p: Any) -> None:
+        await p.iam_admin.set_tags(kind, name, pairs, actor=operator())
+
+    _run(_settings(data_dir=data_dir), job)
+    _emit(as_json, {"kind": kind, "name": name, "tags": pairs}, f"tagged {kind} {name}")
+
+
+@iam_app.command("show")
+def show(kind: KindArg, name: NameArg, data_dir: DataDir = None,
+         as_json: JsonOut = False) -> None:
+    """A principal's ARN, attached and inline policies, boundary and tags."""
+    async def job(p: Any) -> Any:
+        return await p.iam_admin.principal(kind, name)
+
+    res = _run(_settings(data_dir=data_dir), job)
+    _emit(as_json, res, "\n".join([
+        res["arn"], f"  attached: {', '.join(res['attached_policies']) or '-'}",
+        f"  inline:   {', '.join(res['inline_policies']) or '-'}",
+        f"  boundary: {res['permissions_boundary'] or '-'}",
+        f"  tags:     {res['tags'] or '-'}"]))
+
+
+@inline_app.command("put")
+def inline_put(kind: KindArg, name: NameArg, policy_name: Annotated[str, typer.Argument()],
+               file: Annotated[Path, typer.Argument(help="Policy JSON file.")],
+               data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Create or replace an inline policy."""
+    text = _read(file)
+
+    async def job(p: Any) -> None:
+        await p.iam_admin.put_inline(kind, name, policy_name, text, actor=operator())
+
+    _run(_settings(data_dir=data_dir), job)
+    _emit(as_json, {"kind": kind, "name": name, "policy": policy_name},
+          f"put inline policy {policy_name} on {kind} {name}")
+
+
+@inline_app.command("delete")
+def inline_delete(kind: KindArg, name: NameArg, policy_name: Annotated[str, typer.Argument()],
+                  data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Delete an inline policy."""
+    async def job(p: Any) -> None:
+        await p.iam_admin.delete_inline(kind, name, policy_name, actor=operator())
+
+    _run(_settings(data_dir=data_dir), job)
+    _emit(as_json, {"deleted": policy_name}, f"deleted inline policy {policy_name}")
+
+
+# --- roles --------------------------------------------------------------------------------
+@roles_app.command("create")
+def roles_create(name: Annotated[str, typer.Argument()],
+                 trust_file: Annotated[Path, typer.Option(help="Trust policy JSON file.")],
+                 description: Annotated[str, typer.Option()] = "",
+                 max_session_duration: Annotated[int, typer.Option()] = 3600,
+                 data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Create a role with a trust policy (who may assume it)."""
+    text = _read(trust_file)
+
+    async def job(p: Any) -> Any:
+        return await p.iam_admin.create_role(name, text, description=description,
+                                             max_session_duration=max_session_duration,
+                                             actor=operator())
+
+    res = _run(_settings(data_dir=data_dir), job)
+    _emit(as_json, res, f"created {res['arn']}")
+
+
+@roles_app.command("update-trust")
+def roles_update_trust(name: Annotated[str, typer.Argument()],
+                       trust_file: Annotated[Path, typer.Option(help="Trust policy file.")],
+                       data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Replace a role's trust policy."""
+    text = _read(trust_file)
+
+    async def job(p: Any) -> None:
+        await p.iam_admin.update_trust(name, text, actor=operator())
+
+    _run(_settings(data_dir=data_dir), job)
+    _emit(as_json, {"updated": name}, f"updated the trust policy of {name}")
+
+
+@roles_app.command("delete")
+def roles_delete(name: Annotated[str, typer.Argument()], data_dir: DataDir = None,
+                 as_json: JsonOut = False) -> None:
+    """Delete a role (refused while it has policies)."""
+    async def job(p: Any) -> None:
+        await p.iam_admin.delete_role(name, actor=operator())
+
+    _run(_settings(data_dir=data_dir), job)
+    _emit(as_json, {"deleted": name}, f"deleted role {name}")
+
+
+@roles_app.command("list")
+def roles_list(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """List roles."""
+    async def job(p: Any) -> Any:
+        return await p.iam_admin.list_roles()
+
+    res = _run(_settings(data_dir=data_dir), job)
+    _emit(as_json, res, "\n".join(f"{r['name']:20} {r['arn']}  {r['description']}"
+                                  for r in res))
+
+
+@iam_app.command("resource-policy")
+def resource_policy(resource_arn: Annotated[str, typer.Argument()],
+                    file: Annotated[Path, typer.Argument(help="Policy JSON file.")],
+                    data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Set the resource-based policy of a resource."""
+    text = _read(file)
+
+    async def job(p: Any) -> None:
+        await p.iam_admin.put_resource_policy(resource_arn, text, actor=operator())
+
+    _run(_settings(data_dir=data_dir), job)
+    _emit(as_json, {"resource": resource_arn}, f"set the policy of {resource_arn}")
+
+
+__all__ = ["iam_app", "out"]

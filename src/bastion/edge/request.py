@@ -1,0 +1,70 @@
+"""Request context: a request id for correlation (``X-Request-Id`` on every response, and in
+every audit record the request causes), the peer address and user agent for the audit trail,
+and the fail-closed answer when the trail cannot record a security decision.
+
+The request id is always Bastion's own: a client-sent ``X-Request-Id`` is not trusted (it
+could collide with or forge another request's records)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bastion.audit.context import RequestInfo, current_request
+from bastion.audit.trail import AuditUnavailable
+
+log = logging.getLogger("bastion.edge")
+MAX_UA = 512
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = secrets.token_hex(12)
+        user_agent = None
+        for name, value in scope["headers"]:
+            if name == b"user-agent":
+                user_agent = value[:MAX_UA].decode("latin-1")
+                break
+        client = scope.get("client")
+        info = RequestInfo(request_id=request_id, source_ip=client[0] if client else None,
+                           user_agent=user_agent, secure=scope.get("scheme") == "https",
+                           method=scope["method"], path=scope["path"])
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = current_request.set(info)
+        started = False
+        rid = request_id.encode()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid)]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except AuditUnavailable:
+            if started:
+                raise
+            # fail closed: a security decision that cannot be recorded is not given
+            body = json.dumps({"error": "temporarily_unavailable",
+                               "error_description": "the audit trail is unavailable",
+                               "request_id": request_id}).encode()
+            await send_wrapper({"type": "http.response.start", "status": 503,
+                                "headers": [(b"content-type", b"application/json"),
+                                            (b"content-length", str(len(body)).encode()),
+                                            (b"cache-control", b"no-store"),
+                                            (b"retry-after", b"5")]})
+            await send_wrapper({"type": "http.response.body", "body": body})
+        finally:
+            current_request.reset(token)

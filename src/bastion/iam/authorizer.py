@@ -1,0 +1,161 @@
+"""From an authenticated principal to a decision: load its policies (own, groups', the roles
+its token carries, boundary, session policy), compile them once, cache them, evaluate.
+
+The cache is keyed by the principal and the roles/session policy its credentials carry. An
+IAM change made by this process drops it at once; changes made elsewhere (the CLI, other
+instances) are seen through the generation counter, read at most every ``cache_ttl``
+seconds. Anything that cannot be loaded or compiled denies (fail closed).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from bastion.iam import Decision, PolicySet, Request, evaluate, parse_policy
+from bastion.iam import store as iam_store
+from bastion.iam.scheme import Kind, principal_arn, session_arn
+from bastion.store.fast import FastStore
+
+log = logging.getLogger("bastion.iam")
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Who is asking, as the credentials say. ``key`` is the user id for users (tokens carry
+    it as ``sub``), the name otherwise."""
+
+    kind: Kind
+    key: str
+    roles: tuple[str, ...] = ()
+    session: str | None = None  # assumed-role session name
+    session_policy: str | None = None
+    client_id: str | None = None
+    scopes: tuple[str, ...] = ()
+    mfa: bool = False
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A resolved subject: its ARN, names and compiled policies."""
+
+    arn: str
+    name: str
+    user_id: str | None
+    identity: PolicySet
+    boundary: PolicySet | None
+    session: PolicySet | None
+    tags: dict[str, str]
+    policy_ids: tuple[str, ...]
+
+
+@dataclass
+class Authorizer:
+    store: FastStore
+    account: str
+    cache_ttl: float = 2.0
+    _cache: dict[Subject, Principal | None] = field(default_factory=dict)
+    _generation: int = -1
+    _checked_at: float = 0.0
+
+    def invalidate(self) -> None:
+        self._cache.clear()
+        self._checked_at = 0.0
+
+    async def _fresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked_at < self.cache_ttl:
+            return
+        current = await iam_store.generation(self.store)
+        if current != self._generation:
+            self._cache.clear()
+            self._generation = current
+        self._checked_at = now
+
+    async def principal(self, subject: Subject) -> Principal | None:
+        """The resolved principal, or None when it does not exist (or is disabled)."""
+        await self._fresh()
+        if subject in self._cache:
+            return self._cache[subject]
+        try:
+            resolved = await self._load(subject)
+        except ValueError:  # a stored policy no longer compiles: deny, loudly
+            log.exception("IAM policies of %s %s do not compile", subject.kind, subject.key)
+            resolved = None
+        if len(self._cache) > 50_000:
+            self._cache.clear()
+        self._cache[subject] = resolved
+        return resolved
+
+    async def _load(self, subject: Subject) -> Principal | None:
+        groups: tuple[str, ...] = ()
+        user_id = None
+        name = subject.key
+        if subject.kind == "user":
+            row = await self.store.one(iam_store.USER_SQL, id=subject.key)
+            if row is None or row[2]:
+                return None
+            user_id, name = row[0], row[1]
+            groups = await iam_store.user_groups(self.store, user_id)
+        elif subject.kind == "role":
+            if await self.store.one(iam_store.ROLE_SQL, name=subject.key) is None:
+                return None
+        pols = await iam_store.principal_policies(self.store, subject.kind, name, groups,
+                                                  subject.roles)
+        identity = PolicySet(parse_policy(d.document, policy_id=d.policy_id)
+                             for d in pols.identity)
+        boundary = PolicySet([parse_policy(pols.boundary.document, kind="boundary",
+                                           policy_id=pols.boundary.policy_id)]) \
+            if pols.boundary is not None else None
+        session = PolicySet([parse_policy(subject.session_policy, kind="session",
+                                          policy_id="session")]) \
+            if subject.session_policy else None
+        arn = session_arn(name, subject.session, self.account) if subject.session \
+            else principal_arn(subject.kind, name, self.account)
+        return Principal(arn, name, user_id, identity, boundary, session, pols.tags,
+                         tuple(d.policy_id for d in pols.identity))
+
+    def context(self, subject: Subject, principal: Principal, *, source_ip: str | None,
+                secure: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The request context: AWS global keys and Bastion's own, filled from the
+        credentials and the connection, never from anything the client merely claims."""
+        now = time.time()
+        ctx: dict[str, Any] = {
+            "aws:PrincipalArn": principal.arn,
+            "aws:userid": principal.user_id or subject.key,
+            "aws:SecureTransport": "true" if secure else "false",
+            "aws:CurrentTime": datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "aws:EpochTime": str(int(now)),
+            "aws:MultiFactorAuthPresent": "true" if subject.mfa else "false",
+            "bastion:Scope": list(subject.scopes),
+        }
+        if subject.kind == "user":
+            ctx["aws:username"] = principal.name
+        if source_ip:
+            ctx["aws:SourceIp"] = source_ip
+        if subject.client_id:
+            ctx["bastion:ClientId"] = subject.client_id
+        for key, value in principal.tags.items():
+            ctx[f"aws:PrincipalTag/{key}"] = value
+        if extra:
+            ctx.update(extra)
+        return ctx
+
+    async def decide(self, subject: Subject, action: str, resource: str, *,
+                     source_ip: str | None = None, secure: bool = True,
+                     extra: dict[str, Any] | None = None,
+                     resource_policy: str | None = None) -> tuple[Principal | None, Decision]:
+        principal = await self.principal(subject)
+        if principal is None:
+            return None, Decision("implicitDeny", (), "unknown or disabled principal")
+        ctx = self.context(subject, principal, source_ip=source_ip, secure=secure,
+                           extra=extra)
+        rp = parse_policy(resource_policy, kind="resource", policy_id=resource) \
+            if resource_policy else None
+        decision = evaluate(Request(principal.arn, action, resource, ctx), principal.identity,
+                            resource_policy=rp, boundary=principal.boundary,
+                            session=principal.session)
+        return principal, decision
