@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bastion.cli_common import DataDir, JsonOut, _emit, _run, _settings, err
+from bastion.cli_common import DataDir, JsonOut, _emit, _run, _settings, err, operator
 
 audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
 
@@ -257,3 +257,79 @@ def prove(seq: Annotated[int | None, typer.Option(
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     print(json.dumps(data, indent=2, sort_keys=True))
+
+
+@audit_app.command("archive")
+def archive_cmd(
+    out_dir: Annotated[Path, typer.Option("--dir", help="Where segments are written.")],
+    older_than: Annotated[str | None, typer.Option(
+        help="Archive records older than this age (90d) or ISO time.")] = None,
+    upto_seq: Annotated[int | None, typer.Option(help="Archive records up to this seq.")]
+    = None,
+    data_dir: DataDir = None, as_json: JsonOut = False,
+) -> None:
+    """Retention: move old records into a verifiable segment file and delete them from the
+    database. Never past the newest signed checkpoint (one is signed first)."""
+    from bastion.audit.archive import ArchiveError, archive
+
+    if older_than is None and upto_seq is None:
+        err.print("[red]error:[/red] give --older-than or --upto-seq")
+        raise typer.Exit(2)
+    before = _when(older_than)
+
+    async def job(p: Any) -> Any:
+        segment = await archive(p.fast, _notary(p), out_dir.resolve(), before_ms=before,
+                                upto_seq=upto_seq)
+        if segment is not None:
+            await p.audit.emit("ArchiveAuditLog", user_identity=operator(),
+                               request_parameters={"uptoSeq": segment.last_seq},
+                               response_elements={"path": str(segment.path),
+                                                  "records": segment.records})
+        return segment
+
+    try:
+        segment = _run(_settings(data_dir=data_dir), job)
+    except ArchiveError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    if segment is None:
+        _emit(as_json, {"archived": 0}, "nothing to archive")
+        return
+    _emit(as_json, {"archived": segment.records, "first_seq": segment.first_seq,
+                    "last_seq": segment.last_seq, "path": str(segment.path)},
+          f"archived seq {segment.first_seq}-{segment.last_seq} to {segment.path}")
+
+
+@audit_app.command("verify-archive")
+def verify_archive(files: Annotated[list[Path], typer.Argument(help="Segment files.")],
+                   data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Verify archive segments on their own (chain, checkpoint signatures and roots) and
+    against the database's record of them. Exit 1 on any fault."""
+    from bastion.audit.archive import ArchiveError, verify_segment
+
+    async def job(p: Any) -> list[dict[str, Any]]:
+        keys = await _notary(p).public_keys()
+        results = []
+        for path in files:
+            try:
+                report = verify_segment(path, keys)
+            except (ArchiveError, OSError, ValueError, KeyError) as exc:
+                results.append({"file": str(path), "ok": False, "error": str(exc)})
+                continue
+            data = {"file": str(path), **report.to_dict()}
+            row = await p.fast.one("SELECT last_hash, sha256 FROM audit_archives WHERE "
+                                   "last_seq = :s", s=report.last_seq)
+            if report.ok and row is not None and bytes(row[0]) != report.last_hash:
+                data["ok"] = False
+                data["error"] = "the segment's end does not match the database's record"
+            results.append(data)
+        return results
+
+    results = _run(_settings(data_dir=data_dir), job)
+    text = "\n".join(
+        f"{r['file']}: ok, {r['records']} records, {r['checkpoints_verified']} checkpoints"
+        if r["ok"] else f"{r['file']}: FAULT " + (r.get("error") or "; ".join(
+            f"{f['kind']} at seq {f['seq']}" for f in r["faults"])) for r in results)
+    _emit(as_json, results, text)
+    if not all(r["ok"] for r in results):
+        raise typer.Exit(1)

@@ -42,9 +42,12 @@ def _read(path: Path) -> str:
 # --- validate -----------------------------------------------------------------------------
 @iam_app.command("validate")
 def validate(file: Annotated[Path, typer.Argument(help="Policy JSON file.")],
-             kind: PolicyKindOpt = "identity", as_json: JsonOut = False) -> None:
+             kind: PolicyKindOpt = "identity", data_dir: DataDir = None,
+             as_json: JsonOut = False) -> None:
     """Check a policy like IAM Access Analyzer's validate-policy. Exit 1 on errors."""
     from bastion.iam import validate_policy
+
+    del data_dir  # accepted like everywhere; validating needs no state
 
     if kind not in ("identity", "resource", "trust", "boundary", "session"):
         err.print("[red]error:[/red] --kind must be identity, resource, trust, boundary or "

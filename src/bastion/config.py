@@ -103,6 +103,13 @@ class Settings(BaseSettings):
                                         "after this many new records...")
     audit_checkpoint_interval: float = Field(60.0, gt=0, description="...or after this many "
                                              "seconds with new records, whichever is first.")
+    audit_sinks: str = Field("", description="Stream the trail out, comma separated: "
+                             "stdout, syslog, syslog:HOST:PORT, or an https:// webhook (POST "
+                             "of a JSON array per batch). Sinks follow the trail and retry; "
+                             "their position survives restarts.")
+    audit_sink_format: Literal["records", "ocsf"] = Field("records", description="What "
+                                                          "sinks send: the records or OCSF "
+                                                          "events.")
     audit_batch_max: int = Field(5_000, ge=1, le=100_000, description="Most records written "
                                  "in one group commit.")
 
@@ -111,6 +118,14 @@ class Settings(BaseSettings):
                                   "expired codes, tokens and sessions.")
     admin_password: SecretStr | None = Field(None, description="Initial admin password; "
                                              "generated and printed once when unset.")
+
+    @field_validator("audit_sinks")
+    @classmethod
+    def _sinks(cls, value: str) -> str:
+        from bastion.audit.sinks import parse_sinks
+
+        parse_sinks(value)
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -131,10 +131,13 @@ class Notary:
         """Walk the stored trail (from the last archived segment on) and check every link,
         every stored checkpoint and every checkpoint ``kept`` elsewhere (which also reveals
         a truncated tail)."""
-        archived = await self.store.one("SELECT last_seq, last_hash FROM audit_archives "
-                                        "ORDER BY last_seq DESC LIMIT 1")
+        archived = await self.store.one("SELECT last_seq, last_hash, frontier FROM "
+                                        "audit_archives ORDER BY last_seq DESC LIMIT 1")
         start_seq = int(archived[0]) + 1 if archived else 1
         start_prev = bytes(archived[1]) if archived else GENESIS
+        start_range = CompactRange.from_state(
+            start_seq - 1, [bytes.fromhex(h) for h in json.loads(archived[2])]) \
+            if archived else None
         checkpoints = [*await self.checkpoints(), *kept]
         keys = await self.public_keys()
 
@@ -162,7 +165,8 @@ class Notary:
 
         def run() -> VerifyReport:
             return verify_chain(rows(), start_seq=start_seq, start_prev=start_prev,
-                                checkpoints=checkpoints, public_keys=keys)
+                                checkpoints=checkpoints, public_keys=keys,
+                                start_range=start_range)
 
         report: VerifyReport = await anyio.to_thread.run_sync(run)
         return report

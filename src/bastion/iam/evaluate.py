@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import functools
 
+from bastion.iam._index import Selection
 from bastion.iam.conditions import evaluate_all
 from bastion.iam.context import RequestState
 from bastion.iam.decision import Decision, MatchedStatement, Source
@@ -55,6 +56,7 @@ from bastion.iam.request import Request
 
 Tri = bool | None
 
+EMPTY = Selection(())
 MALFORMED = Decision("implicitDeny", (), "malformed request: principal, action and resource must "
                      "be strings")
 FAILED = Decision("implicitDeny", (), "evaluation error: denied (fail closed)")
@@ -82,23 +84,36 @@ def evaluate(request: Request, identity: PolicySet, *, resource_policy: Policy |
         return FAILED
 
 
-def _match(st: Statement, state: RequestState) -> Tri:
+def _match(st: Statement, state: RequestState, resource_matched: bool = False) -> Tri:
     """Resource and Condition of a statement whose action matched (the index did that).
 
-    Statements with a static Resource are pre-filtered by their C-level ``check`` so that most
-    non-matching candidates cost one call. An exception is contained here: the statement's match
-    is unknown (an Allow does not apply, a Deny does) and the other statements still count."""
+    ``resource_matched``: the index's pre-filter already matched the Resource element.
+    Otherwise statements with a static Resource are tested by their C-level ``check`` first.
+    An exception is contained here: the statement's match is unknown (an Allow does not apply,
+    a Deny does) and the other statements still count."""
     try:
-        resources = st.resources
-        if resources is None or resources.check is None:
-            return st.test(state)
-        if not resources.check(state.resource):
-            return False
+        if not resource_matched:
+            resources = st.resources
+            if resources is None or resources.check is None:
+                return st.test(state)
+            if not resources.check(state.resource):
+                return False
         if not st.conditions:
             return True
         return evaluate_all(st.conditions, state.ctx)
     except Exception:
         return None
+
+
+def _collect(selection: Selection, state: RequestState, source: Source,
+             deny: bool) -> list[MatchedStatement]:
+    """The statements of ``selection`` that apply: true, or for Deny also unknown."""
+    out = []
+    for _, st, matched in selection.select(state.resource):
+        r = _match(st, state, matched)
+        if r is True or (deny and r is None):
+            out.append(st.matched[source])
+    return out
 
 
 def _resource_match(st: Statement, state: RequestState, has_boundary: bool) -> tuple[Tri, bool]:
@@ -154,18 +169,18 @@ def _evaluate(request: Request, identity: PolicySet, resource_policy: Policy | N
     state = RequestState(principal, action, resource, request.context)
     act = state.action
     id_deny, id_allow = identity.candidates(act)
-    b_deny, b_allow = boundary.candidates(act) if boundary is not None else ((), ())
-    s_deny, s_allow = session.candidates(act) if session is not None else ((), ())
-    r_deny, r_allow = resource_policy.index.candidates(act) if resource_policy else ((), ())
+    b_deny, b_allow = boundary.candidates(act) if boundary is not None else (EMPTY, EMPTY)
+    s_deny, s_allow = session.candidates(act) if session is not None else (EMPTY, EMPTY)
+    r_deny, r_allow = (resource_policy.index.candidates(act) if resource_policy is not None
+                       else (EMPTY, EMPTY))
 
     # 1. explicit deny anywhere (unknown counts as a match)
     denies: list[MatchedStatement] = []
-    sources: tuple[tuple[tuple[Statement, ...], Source], ...] = (
+    sources: tuple[tuple[Selection, Source], ...] = (
         (id_deny, "identity"), (b_deny, "boundary"), (s_deny, "session"))
     for statements, source in sources:
-        for st in statements:
-            if _match(st, state) is not False:
-                denies.append(st.matched[source])
+        if statements:
+            denies += _collect(statements, state, source, True)
     for st in r_deny:
         if _resource_match(st, state, boundary is not None)[0] is not False:
             denies.append(st.matched["resource"])
@@ -173,7 +188,7 @@ def _evaluate(request: Request, identity: PolicySet, resource_policy: Policy | N
         return Decision("explicitDeny", tuple(denies), _deny_reason(denies[0], len(denies)))
 
     # 2. allows (only a true match counts)
-    granted = [st.matched["identity"] for st in id_allow if _match(st, state) is True]
+    granted = _collect(id_allow, state, "identity", False) if id_allow else []
     direct: list[MatchedStatement] = []
     indirect: list[MatchedStatement] = []
     for st in r_allow:
@@ -196,12 +211,12 @@ def _evaluate(request: Request, identity: PolicySet, resource_policy: Policy | N
     # 3./4. boundary and session policy intersect with what remains
     gates: list[MatchedStatement] = []
     if boundary is not None:
-        passed = [st.matched["boundary"] for st in b_allow if _match(st, state) is True]
+        passed = _collect(b_allow, state, "boundary", False)
         if not passed:
             return NO_BOUNDARY
         gates += passed
     if session is not None:
-        passed = [st.matched["session"] for st in s_allow if _match(st, state) is True]
+        passed = _collect(s_allow, state, "session", False)
         if not passed:
             return NO_SESSION
         gates += passed

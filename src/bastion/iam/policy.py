@@ -59,7 +59,7 @@ class Resources:
     for literal ARNs, one ``startswith`` over a tuple for ``...:resource/prefix*`` patterns).
     """
 
-    __slots__ = ("anything", "exact", "arns", "templates", "negate", "check")
+    __slots__ = ("anything", "exact", "arns", "templates", "negate", "check", "keys")
 
     def __init__(self, patterns: Sequence[str], *, negate: bool, use_vars: bool) -> None:
         self.negate = negate
@@ -87,6 +87,12 @@ class Resources:
         self.arns = tuple(arns)
         self.templates = tuple(templates)
         self.check = self._static_check(prefixes)
+        #: ``(exact ARNs, prefixes)`` when the element is exactly "equals one of / starts with
+        #: one of" (``"*"`` is the empty prefix), for the action index's resource pre-filter
+        self.keys: tuple[frozenset[str], tuple[str, ...]] | None = None
+        if not negate and not templates and len(prefixes) == len(arns):
+            starts = ("",) if self.anything else tuple(prefixes)
+            self.keys = (frozenset() if self.anything else self.exact, starts)
 
     def _static_check(self, prefixes: list[str]) -> Callable[[str], bool] | None:
         if self.templates:

@@ -16,6 +16,7 @@ from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bastion.audit.notary import Notary
+from bastion.audit.sinks import Sink, parse_sinks
 from bastion.audit.trail import AuditTrail
 from bastion.config import Settings
 from bastion.iam.admin import IamAdmin
@@ -60,6 +61,7 @@ class Provider:
     _clients: dict[str, tuple[float, ClientInfo | None]] = field(default_factory=dict)
     _client_lookups: dict[str, asyncio.Future[ClientInfo | None]] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _sinks: list[Sink] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -169,6 +171,11 @@ class Provider:
                                                            "purge")))
         self._tasks.append(asyncio.create_task(self._every(1.0, "checkpoint")))
         self._tasks.append(asyncio.create_task(self._every(1.0, "audit_housekeeping")))
+        for spec in parse_sinks(self.settings.audit_sinks):
+            sink = Sink(spec, self.fast, self.settings.data_dir / "audit-sinks",
+                        ocsf=self.settings.audit_sink_format == "ocsf")
+            self._sinks.append(sink)
+            self._tasks.append(asyncio.create_task(sink.run()))
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -180,6 +187,8 @@ class Provider:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for sink in self._sinks:
+            await sink.close()
         await self.kv.close()
         await self.fast.close()
         await self.engine.dispose()

@@ -297,4 +297,5 @@ class AuditArchive(Base):
     last_hash: Mapped[bytes] = mapped_column(LargeBinary)
     path: Mapped[str] = mapped_column(String(1024))
     sha256: Mapped[str] = mapped_column(String(64))  # of the archive file
+    frontier: Mapped[str] = mapped_column(Text)  # JSON hex list: Merkle compact range at last_seq
     created_at: Mapped[int] = mapped_column(Integer)

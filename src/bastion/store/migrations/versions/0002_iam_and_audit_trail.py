@@ -25,6 +25,7 @@ def upgrade() -> None:
     sa.Column('last_hash', sa.LargeBinary(), nullable=False),
     sa.Column('path', sa.String(length=1024), nullable=False),
     sa.Column('sha256', sa.String(length=64), nullable=False),
+    sa.Column('frontier', sa.Text(), nullable=False),
     sa.Column('created_at', sa.Integer(), nullable=False),
     sa.PrimaryKeyConstraint('last_seq')
     )

@@ -1,0 +1,120 @@
+"""Streaming the trail out: every record reaches stdout, syslog (UDP) and a webhook exactly
+once and in order, through destination failures and restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from bastion.audit.sinks import Sink, parse_sinks
+from bastion.config import ConfigError, load_settings
+
+pytestmark = pytest.mark.anyio
+
+
+async def emit(provider: Any, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        await provider.audit.emit("GetOrder", request_parameters={"orderId": f"o{i}"})
+
+
+async def until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def order_ids(lines: list[str]) -> list[str]:
+    return [json.loads(line)["requestParameters"]["orderId"] for line in lines]
+
+
+async def test_webhook_gets_every_record_once_in_order_through_failures(provider, tmp_path):
+    received: list[str] = []
+    failures = [2]  # the first two POSTs fail
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers["content-length"]))
+            if failures[0] > 0:
+                failures[0] -= 1
+                self.send_response(503)
+            else:
+                received.extend(json.dumps(r, sort_keys=True, separators=(",", ":"))
+                                for r in json.loads(body))
+                self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/ingest"
+    sink = Sink(url, provider.fast, tmp_path / "sinks", ocsf=False, poll=0.01)
+    task = asyncio.create_task(sink.run())
+    try:
+        await until(sink.cursor_file.exists)
+        await emit(provider, 30)
+        await until(lambda: len(received) >= 30)
+        assert order_ids(received) == [f"o{i}" for i in range(30)]
+    finally:
+        task.cancel()
+        await sink.close()
+        server.shutdown()
+
+
+async def test_syslog_udp_and_ocsf(provider, tmp_path):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(5)
+    port = sock.getsockname()[1]
+    sink = Sink(f"syslog:127.0.0.1:{port}", provider.fast, tmp_path / "sinks", ocsf=True,
+                poll=0.01)
+    task = asyncio.create_task(sink.run())
+    try:
+        await until(sink.cursor_file.exists)
+        await emit(provider, 3)
+        messages = [await asyncio.to_thread(sock.recv, 65536) for _ in range(3)]
+    finally:
+        task.cancel()
+        await sink.close()
+        sock.close()
+    events = [json.loads(m.decode().split(">", 1)[1].rstrip("\x00")) for m in messages]
+    assert [e["class_uid"] for e in events] == [6003] * 3
+    assert all(m.startswith(b"<") for m in messages)  # syslog priority (authpriv.info)
+
+
+async def test_stdout_resumes_from_its_cursor_after_a_restart(provider, tmp_path, capsys):
+    state = tmp_path / "sinks"
+    sink = Sink("stdout", provider.fast, state, ocsf=False, poll=0.01)
+    task = asyncio.create_task(sink.run())
+    await until(sink.cursor_file.exists)
+    base = int(sink.cursor_file.read_text())  # a new sink starts at the end of the trail
+    await emit(provider, 5)
+    await until(lambda: int(sink.cursor_file.read_text()) >= base + 5)
+    task.cancel()
+    await emit(provider, 4, start=5)  # written while the sink is down
+    again = Sink("stdout", provider.fast, state, ocsf=False, poll=0.01)
+    task = asyncio.create_task(again.run())
+    await until(lambda: int(again.cursor_file.read_text()) >= base + 9)
+    task.cancel()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert order_ids(lines) == [f"o{i}" for i in range(9)]
+
+
+@pytest.mark.parametrize("spec", ["stdout", "syslog", "syslog:10.0.0.1:514",
+                                  "https://siem.example/ingest", "stdout, syslog"])
+def test_valid_specs(spec):
+    assert parse_sinks(spec)
+
+
+@pytest.mark.parametrize("spec", ["file:/tmp/x", "ftp://x", "kafka"])
+def test_unknown_sink_is_a_config_error(spec, tmp_path):
+    with pytest.raises(ConfigError, match="unknown audit sink"):
+        load_settings(data_dir=tmp_path, audit_sinks=spec)
