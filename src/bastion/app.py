@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bastion.admin import iam_api
 from bastion.config import Settings
 from bastion.edge.request import RequestContext
 from bastion.oauth import pages
@@ -98,6 +99,7 @@ def build_app(provider: Provider, *, demo: bool = False) -> Starlette:
         Route("/sts", partial(assume_role_endpoint, p), methods=["POST"], middleware=bearer),
 
     ]
+    routes += iam_api.routes(iam_api.IamAPI(p.iam_admin, p.iam, p.fast), p.verifier, p.audit)
     if demo:
         from bastion.demo import callback_page
 

@@ -23,11 +23,10 @@ async def emit(provider: Any, n: int, start: int = 0) -> None:
         await provider.audit.emit("GetOrder", request_parameters={"orderId": f"o{i}"})
 
 
-async def until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.02)
+async def until(predicate: Any) -> None:
+    async with asyncio.timeout(10):
+        while not predicate():  # noqa: ASYNC110 - the sink signals only through its cursor file
+            await asyncio.sleep(0.02)
 
 
 def order_ids(lines: list[str]) -> list[str]:

@@ -98,6 +98,7 @@ class _Budget:
         self.nodes = nodes
 
 
+@functools.lru_cache(maxsize=4096)  # the same few keys come back in every record
 def is_secret_name(key: str) -> bool:
     """Does this mapping key name a secret? See SECRET_NAMES and SECRET_PARTS."""
     norm = _NON_ALNUM.sub("", key.lower())
@@ -123,8 +124,16 @@ def _credential_sub(match: re.Match[str]) -> str:
     return f"{match.group(1)}{match.group(2)}{REDACTED}"
 
 
+# Every pattern below needs one of these to match: text without any (identifiers, ARNs,
+# names, most values) skips the scrubbing passes. A JWT has two dots, a credential after a
+# scheme a space, a header or query secret ":" or "=", user info "@", PEM "-----".
+_MAYBE_SECRET = re.compile(r"[=@\s]|\.[^.]*\.|-----|(?i:cookie|authorization|api-key)")
+
+
 def scrub_text(text: str) -> str:
     """Replace secrets that can be recognised in free text."""
+    if _MAYBE_SECRET.search(text) is None:
+        return text
     if "PRIVATE KEY-----" in text:
         text = _PEM.sub("[REDACTED:private-key]", text)
     text = _JWT.sub(_jwt_sub, text)
@@ -144,7 +153,8 @@ def clean_text(text: str, cap: int = MAX_STRING_BYTES) -> str:
     original = len(text)
     if original > _SCAN_CHARS:
         text = text[:_SCAN_CHARS]
-    text = _SURROGATES.sub("\ufffd", text)
+    if not text.isascii():
+        text = _SURROGATES.sub("\ufffd", text)
     text = scrub_text(text)
     if len(text) <= cap // 6 or _escaped_len(text) <= cap:  # 6: the longest escape (\uXXXX)
         return text

@@ -1,0 +1,1 @@
+"""Administration over HTTP, every route authorized by IAM."""
