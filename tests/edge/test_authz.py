@@ -184,3 +184,32 @@ async def test_changes_made_elsewhere_are_seen_through_the_generation(provider, 
     finally:
         await other.close()
     assert (await http.get("/orders", headers=bearer(token))).status_code == 403
+
+
+async def trail(provider: Any) -> list[dict[str, Any]]:
+    await provider.audit.flush()
+    return [json.loads(bytes(r[0])) for r in await provider.fast.all(
+        "SELECT body FROM audit_events ORDER BY seq")]
+
+
+async def test_orders_access_and_every_statement_are_audited(provider, http, alice):
+    """Who read or changed which order, and each SQL statement (pgaudit-like: command, text,
+    parameter names but not values, rows), correlated by the request id."""
+    token = mint(provider, alice)
+    created = await http.post("/orders", json={**TEA, "item": "secret-sauce"},
+                              headers=bearer(token))
+    order_id = created.json()["id"]
+    got = await http.get(f"/orders/{order_id}", headers=bearer(token))
+    records = await trail(provider)
+    by_request = [r for r in records if r.get("requestID") == got.headers["x-request-id"]]
+    assert [r["eventName"] for r in by_request] == ["SqlStatement", "GetOrder"]
+    sql, access = by_request
+    assert sql["requestParameters"]["command"] == "SELECT"
+    assert sql["requestParameters"]["parameters"] == ["id"]
+    assert sql["responseElements"] == {"rows": 1}
+    assert access["resources"][0]["ARN"] == f"arn:bastion:orders::{ACCT}:order/{order_id}"
+    assert access["userIdentity"]["arn"] == f"arn:bastion:iam::{ACCT}:user/alice"
+    insert = [r for r in records if r.get("requestID") == created.headers["x-request-id"]
+              and r["eventName"] == "SqlStatement"][0]
+    assert insert["requestParameters"]["class"] == "WRITE"
+    assert "secret-sauce" not in json.dumps(insert)  # statement parameters: names only

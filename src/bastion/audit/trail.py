@@ -62,14 +62,15 @@ def _text(value: Any, limit: int) -> str | None:
     return text[:limit]
 
 
-def _columns(body: bytes, record: Mapping[str, Any]) -> dict[str, Any]:
+def _columns(body: bytes, record: Mapping[str, Any],
+             event_ms: int | None = None) -> dict[str, Any]:
     """Search columns copied from the record (verify never trusts them)."""
     ident = record.get("userIdentity") or {}
     actor = ident.get("arn") or ident.get("userName") or ident.get("principalId")
     resources = record.get("resources") or []
     resource = resources[0].get("ARN") if resources and isinstance(resources[0], dict) \
         else None
-    return {"event_time": _parse_ms(record),
+    return {"event_time": event_ms if event_ms is not None else _parse_ms(record),
             "event_name": _text(record.get("eventName"), 64) or "",
             "actor": _text(actor, 512),
             "resource": _text(resource, 512),
@@ -148,27 +149,35 @@ class AuditTrail:
     async def emit(self, event_name: str, **fields: Any) -> dict[str, Any]:
         """Build a record for ``event_name`` (request id, source IP, user agent from the
         current request unless given) and append it durably. Returns the record."""
+        record, event_ms = self._build(event_name, fields)
+        await self.append(record, event_ms=event_ms)
+        return record
+
+    async def emit_many(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        """Several records of one request, committed together (one wait, not one each)."""
+        futures = [self._enqueue(*self._build(name, fields)) for name, fields in events]
+        await asyncio.shield(asyncio.gather(*futures))
+
+    def _build(self, event_name: str, fields: dict[str, Any]) -> tuple[dict[str, Any], int]:
         req = current_request.get()
         if req is not None:
             fields.setdefault("request_id", req.request_id)
             fields.setdefault("source_ip", req.source_ip)
             fields.setdefault("user_agent", req.user_agent)
-        now = time.time()
-        fields.setdefault("event_time", now)
-        record = build_record(event_name, **fields)
-        await self.append(record, event_ms=int(fields["event_time"] * 1000))
-        return record
+        fields.setdefault("event_time", time.time())
+        return build_record(event_name, **fields), int(fields["event_time"] * 1000)
 
     async def append(self, record: Mapping[str, Any], *, event_ms: int | None = None) -> None:
+        await asyncio.shield(self._enqueue(record, event_ms))
+
+    def _enqueue(self, record: Mapping[str, Any], event_ms: int | None) -> asyncio.Future[None]:
         body = canonical_bytes(record)
-        row = _columns(body, record)
-        if event_ms is not None:
-            row["event_time"] = event_ms
+        row = _columns(body, record, event_ms)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((row, fut))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_loop())
-        await asyncio.shield(fut)
+        return fut
 
     async def flush(self) -> None:
         """Wait until every record appended so far is written (or spooled)."""

@@ -71,43 +71,21 @@ def _caller(request: Request) -> tuple[VerifiedToken, dict[str, Any]]:
     return state["token"], user_identity(state["subject"], state["principal"])
 
 
-class AuditedSQL:
-    """Runs the service's statements and records each one (pgaudit's fields)."""
-
-    def __init__(self, store: FastStore, audit: AuditTrail) -> None:
-        self.store = store
-        self.audit = audit
-
-    async def _record(self, sql: str, params: dict[str, Any], rows: int,
-                      actor: dict[str, Any]) -> None:
-        command = sql.split(None, 1)[0].upper()
-        await self.audit.emit("SqlStatement", user_identity=actor, request_parameters={
-            "class": "READ" if command == "SELECT" else "WRITE", "command": command,
-            "statement": sql, "parameters": sorted(params)},
-            response_elements={"rows": rows})
-
-    async def one(self, actor: dict[str, Any], sql: str, **params: Any) -> Row | None:
-        row = await self.store.one(sql, **params)
-        await self._record(sql, params, 0 if row is None else 1, actor)
-        return row
-
-    async def all(self, actor: dict[str, Any], sql: str, **params: Any) -> list[Row]:
-        rows = await self.store.all(sql, **params)
-        await self._record(sql, params, len(rows), actor)
-        return rows
-
-    async def run(self, actor: dict[str, Any], sql: str, **params: Any) -> int:
-        async with self.store.transaction() as tx:
-            count = await tx.run(sql, **params)
-        await self._record(sql, params, count, actor)
-        return count
+def statement(actor: dict[str, Any], sql: str, params: dict[str, Any],
+              rows: int) -> tuple[str, dict[str, Any]]:
+    """The pgaudit-like record of one statement: class, command, text, parameter names
+    (never their values), rows, user."""
+    command = sql.split(None, 1)[0].upper()
+    return ("SqlStatement", {"user_identity": actor, "request_parameters": {
+        "class": "READ" if command == "SELECT" else "WRITE", "command": command,
+        "statement": sql, "parameters": sorted(params)}, "response_elements": {"rows": rows}})
 
 
 class OrdersAPI:
     """Served from the fast store: one indexed statement per request."""
 
     def __init__(self, store: FastStore, audit: AuditTrail, account: str) -> None:
-        self.sql = AuditedSQL(store, audit)
+        self.store = store
         self.audit = audit
         self.account = account
 
@@ -117,24 +95,29 @@ class OrdersAPI:
 
     async def list_orders(self, request: Request) -> Response:
         token, actor = _caller(request)
-        rows = await self.sql.all(actor, LIST_SQL, owner=token.subject)
-        await self.audit.emit("ListOrders", user_identity=actor,
-                              response_elements={"count": len(rows)},
-                              resources=self._arn("*"))
+        params = {"owner": token.subject}
+        rows = await self.store.all(LIST_SQL, **params)
+        await self.audit.emit_many([
+            statement(actor, LIST_SQL, params, len(rows)),
+            ("ListOrders", {"user_identity": actor, "response_elements": {"count": len(rows)},
+                            "resources": self._arn("*")})])
         return JSONResponse({"orders": [_public(o) for o in rows]})
 
     async def get_order(self, request: Request) -> Response:
         token, actor = _caller(request)
         order_id = request.path_params["order_id"]
-        order = await self.sql.one(actor, GET_SQL, id=order_id) \
-            if ORDER_ID_RE.fullmatch(order_id) else None
+        events = []
+        order = None
+        if ORDER_ID_RE.fullmatch(order_id):
+            order = await self.store.one(GET_SQL, id=order_id)
+            events.append(statement(actor, GET_SQL, {"id": order_id}, int(order is not None)))
         # another user's order is indistinguishable from a missing one
         found = order is not None and order["owner"] == token.subject
-        await self.audit.emit("GetOrder", user_identity=actor,
-                              request_parameters={"orderId": order_id[:64]},
-                              resources=self._arn(order_id[:64]),
-                              error_code=None if found else "NotFound",
-                              error_message=None if found else "no such order of this user")
+        events.append(("GetOrder", {
+            "user_identity": actor, "request_parameters": {"orderId": order_id[:64]},
+            "resources": self._arn(order_id[:64]), "error_code": None if found else "NotFound",
+            "error_message": None if found else "no such order of this user"}))
+        await self.audit.emit_many(events)
         if not found or order is None:
             return _problem(404, "not_found")
         return JSONResponse(_public(order))
@@ -159,12 +142,15 @@ class OrdersAPI:
         order = {"id": secrets.token_hex(8), "owner": token.subject, "item": data.item,
                  "quantity": data.quantity, "unit_price_cents": data.unit_price_cents,
                  "status": "placed", "created_at": int(time.time())}
-        await self.sql.run(actor, INSERT_SQL, **order)
-        await self.audit.emit("CreateOrder", user_identity=actor,
-                              request_parameters={"item": data.item,
-                                                  "quantity": data.quantity},
-                              response_elements={"orderId": order["id"]},
-                              resources=self._arn(str(order["id"])))
+        async with self.store.transaction() as tx:
+            count = await tx.run(INSERT_SQL, **order)
+        await self.audit.emit_many([
+            statement(actor, INSERT_SQL, order, count),
+            ("CreateOrder", {"user_identity": actor,
+                             "request_parameters": {"item": data.item,
+                                                    "quantity": data.quantity},
+                             "response_elements": {"orderId": order["id"]},
+                             "resources": self._arn(str(order["id"]))})])
         return JSONResponse(_public(order), status_code=201,
                             headers={"Location": f"/orders/{order['id']}"})
 
