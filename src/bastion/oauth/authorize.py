@@ -254,6 +254,11 @@ async def issue_code(provider: Provider, req: PendingRequest, session: Session) 
             auth_time=session.auth_time, amr=session.amr,
             expires_at=now + provider.settings.code_ttl, consumed_at=None, family_id=None))
     await provider.kv.delete(req.key())  # a pending request yields one code
+    await provider.audit.emit("Authorize", user_identity={
+        "type": "IAMUser", "principalId": session.user_id},
+        request_parameters={"clientId": req.client_id, "scope": " ".join(req.scopes),
+                            "redirectUri": req.redirect_uri},
+        response_elements={"codeIssued": True})
     url = rfc9207.redirect_url(req.redirect_uri, {"code": code, "state": req.state},
                                provider.issuer_url)
     return RedirectResponse(url, status_code=303)

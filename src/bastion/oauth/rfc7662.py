@@ -36,6 +36,9 @@ async def introspection_endpoint(provider: Provider, request: Request) -> Respon
                                params.get("token_type_hint"))
     except OAuthError as exc:
         return exc.response()
+    await provider.audit.emit(
+        "IntrospectToken", user_identity={"type": "Client", "clientId": client.client_id},
+        response_elements={"active": body.get("active"), "sub": body.get("sub")})
     return JSONResponse(body, headers=NO_STORE)
 
 

@@ -65,8 +65,8 @@ class TokenEndpoint:
                    "scope": params.get("scope")}
         response = None if body is None else {
             "tokenType": body.get("token_type"), "expiresIn": body.get("expires_in"),
-            "scope": body.get("scope"), "refreshTokenIssued": "refresh_token" in body,
-            "idTokenIssued": "id_token" in body}
+            "scope": body.get("scope"),
+            "issued": [k for k in ("access_token", "refresh_token", "id_token") if k in body]}
         identity = {"type": "Client", "principalId": client_id, "clientId": client_id} \
             if client_id else {"type": "Anonymous"}
         await self.provider.audit.emit(
