@@ -177,13 +177,6 @@ def compile_tokens(tokens: Sequence[Token]) -> Matcher:
     return _General([_Segment(s) for s in segments])
 
 
-def match_tokens(tokens: Sequence[Token], subject: str) -> bool:
-    """One-off match of resolved tokens (a literal-only list is a plain comparison)."""
-    if all(isinstance(t, str) for t in tokens):
-        return "".join(tokens) == subject  # type: ignore[arg-type]
-    return compile_tokens(tokens)(subject)
-
-
 def tokenize(pattern: str) -> list[Token]:
     """Split a plain pattern (no policy variables) into literal runs and wildcards."""
     tokens: list[Token] = []

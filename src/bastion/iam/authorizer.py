@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from bastion.iam import Decision, PolicySet, Request, evaluate, parse_policy
+from bastion.iam import Decision, Policy, PolicySet, Request, evaluate, parse_policy
 from bastion.iam import store as iam_store
 from bastion.iam.scheme import Kind, principal_arn, session_arn
 from bastion.store.fast import FastStore
@@ -60,6 +60,7 @@ class Authorizer:
     _cache: dict[Subject, Principal | None] = field(default_factory=dict)
     _generation: int = -1
     _checked_at: float = 0.0
+    _resource_policies: dict[tuple[str, str], Policy] = field(default_factory=dict)
 
     def invalidate(self) -> None:
         self._cache.clear()
@@ -118,6 +119,16 @@ class Authorizer:
         return Principal(arn, name, user_id, identity, boundary, session, pols.tags,
                          tuple(d.policy_id for d in pols.identity))
 
+    def _resource_policy(self, text: str, resource: str) -> Policy:
+        """Parsed once per document text (a ``Policy`` is immutable and carries its index)."""
+        hit = self._resource_policies.get((text, resource))
+        if hit is None:
+            hit = parse_policy(text, kind="resource", policy_id=resource)
+            if len(self._resource_policies) > 1000:
+                self._resource_policies.clear()
+            self._resource_policies[(text, resource)] = hit
+        return hit
+
     def context(self, subject: Subject, principal: Principal, *, source_ip: str | None,
                 secure: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """The request context: AWS global keys and Bastion's own, filled from the
@@ -153,8 +164,7 @@ class Authorizer:
             return None, Decision("implicitDeny", (), "unknown or disabled principal")
         ctx = self.context(subject, principal, source_ip=source_ip, secure=secure,
                            extra=extra)
-        rp = parse_policy(resource_policy, kind="resource", policy_id=resource) \
-            if resource_policy else None
+        rp = self._resource_policy(resource_policy, resource) if resource_policy else None
         decision = evaluate(Request(principal.arn, action, resource, ctx), principal.identity,
                             resource_policy=rp, boundary=principal.boundary,
                             session=principal.session)

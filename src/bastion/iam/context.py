@@ -16,7 +16,7 @@ import enum
 import math
 from collections.abc import Mapping
 
-from bastion.iam.arn import Identity, parse_identity, parse_identity_cached, split_arn
+from bastion.iam.arn import Identity, parse_identity, parse_identity_cached
 
 #: A multi-valued context key with more values than this is unreadable (condition unknown).
 MAX_CONTEXT_VALUES = 4096
@@ -94,10 +94,6 @@ class ContextView:
                 found = v
         return found
 
-    def values(self, key: str) -> Values | Sentinel:
-        """The key's values as a tuple (``()`` when absent or empty), or ``UNKNOWN``."""
-        return as_values(self.get(key))
-
 
 def as_values(raw: object) -> Values | Sentinel:
     if raw is MISSING or raw is None:
@@ -130,25 +126,16 @@ def as_text(value: object) -> str | None:
 
 
 class RequestState:
-    """Per-decision view of a request: lowercase action, lazily split resource and principal."""
+    """Per-decision view of a request: lowercase action, context view, lazily parsed principal."""
 
-    __slots__ = ("principal", "action", "resource", "ctx", "_parts", "_identity")
+    __slots__ = ("principal", "action", "resource", "ctx", "_identity")
 
     def __init__(self, principal: str, action: str, resource: str, context: object) -> None:
         self.principal = principal
         self.action = action.lower()
         self.resource = resource
         self.ctx = ContextView(context)
-        self._parts: list[str] | None | Sentinel = MISSING
         self._identity: Identity | None = None
-
-    @property
-    def resource_parts(self) -> list[str] | None:
-        parts = self._parts
-        if parts is MISSING:
-            parts = self._parts = split_arn(self.resource)
-        assert not isinstance(parts, Sentinel)
-        return parts
 
     @property
     def identity(self) -> Identity:

@@ -41,11 +41,6 @@ class Var:
 Piece = str | Wild | Var
 
 
-def find_variables(text: str) -> list[str]:
-    """Raw ``${...}`` bodies in ``text`` (for validation)."""
-    return _VARIABLE.findall(text)
-
-
 def check_variable_syntax(text: str) -> str | None:
     """An error message when ``text`` holds a malformed variable, else ``None``."""
     for body in _VARIABLE.findall(text):
