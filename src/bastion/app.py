@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bastion.admin import iam_api
 from bastion.config import Settings
+from bastion.edge.authz import authenticate
 from bastion.edge.request import RequestContext
 from bastion.oauth import pages
 from bastion.oauth.authorize import authorize_endpoint
@@ -29,7 +30,6 @@ from bastion.oidc.discovery import discovery_endpoint, jwks_endpoint
 from bastion.oidc.logout import logout_endpoint
 from bastion.oidc.userinfo import userinfo_endpoint
 from bastion.orders import api as orders_api
-from bastion.tokens.starlette import BearerAuthMiddleware
 
 access_log = logging.getLogger("bastion.access")
 
@@ -73,7 +73,7 @@ def build_app(provider: Provider, *, demo: bool = False) -> Starlette:
     grants = default_grants()
     grant_names = [g.grant_type for g in grants]
     p = provider
-    bearer = [Middleware(BearerAuthMiddleware, verifier=p.verifier)]
+    bearer = [authenticate(p.verifier, p.audit)]
     orders = orders_api.OrdersAPI(p.fast, p.audit, p.settings.account_id)
     routes = [  # hottest first: Starlette matches routes in order
         Route("/token", TokenEndpoint(p, grants).handle, methods=["POST"]),

@@ -191,7 +191,7 @@ async def test_search_since_and_until_with_iso_times(provider, mixed):
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "trail.py AuditTrail.emit stores event_ms=int(event_time * 1000) (truncated) while "
+    "trail.py AuditTrail._build stores event_ms=int(event_time * 1000) (truncated) while "
     "record.py _iso_time writes eventTime with round(): the search column can be 1 ms "
     "before the record's own eventTime, so --since <eventTime> misses the record"))
 async def test_search_since_a_records_own_event_time_finds_it(provider):

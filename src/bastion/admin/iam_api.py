@@ -26,13 +26,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bastion.audit.trail import AuditTrail
-from bastion.edge.authz import Authorize, user_identity
+from bastion.edge.authz import Authorize, authenticate, user_identity
 from bastion.iam.admin import IamAdmin, IamError
 from bastion.iam.authorizer import Authorizer, Subject
 from bastion.iam.scheme import KINDS, parse_principal_arn
 from bastion.iam.store import json_value
 from bastion.store.fast import FastStore
-from bastion.tokens.starlette import BearerAuthMiddleware
 from bastion.tokens.verify import TokenVerifier
 
 MAX_BODY = 64 * 1024
@@ -154,7 +153,7 @@ class IamAPI:
 
 def routes(api: IamAPI, verifier: TokenVerifier, audit: AuditTrail) -> list[Route]:
     def guard(action: str, resource: str) -> list[Middleware]:
-        return [Middleware(BearerAuthMiddleware, verifier=verifier),
+        return [authenticate(verifier, audit),
                 Middleware(Authorize, iam=api.iam, audit=audit, action=action,
                            resource=resource)]
 

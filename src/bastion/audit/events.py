@@ -143,6 +143,7 @@ _add("iam", "iam", 3004, ("TagGroup", 3))
 
 # Edge: authorization denials, WAF, rate limits, the under-attack challenge.
 _add("edge", "edge", 6004, ("AccessDenied", 2), event_type="ServiceEvent", severity_id=2)
+_add("edge", "edge", 3002, ("Authenticate", 1), event_type="ServiceEvent", severity_id=2)
 _add("edge", "edge", 4002, ("WafBlock", OTHER), event_type="ServiceEvent", severity_id=3)
 _add("edge", "edge", 4002, ("RateLimitExceeded", OTHER), ("UnderAttackChallenge", OTHER),
      event_type="ServiceEvent", severity_id=2)

@@ -16,13 +16,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bastion.audit.context import current_request
 from bastion.audit.trail import AuditTrail
 from bastion.iam.authorizer import Authorizer, Principal, Subject
 from bastion.iam.scheme import parse_principal_arn
-from bastion.tokens.verify import VerifiedToken
+from bastion.tokens.errors import BearerError
+from bastion.tokens.starlette import BearerAuthMiddleware
+from bastion.tokens.verify import TokenVerifier, VerifiedToken
 
 MAX_PARAM = 256
 MFA_METHODS = frozenset({"otp", "mfa", "hwk", "swk", "sms"})
@@ -61,6 +64,17 @@ def user_identity(subject: Subject, principal: Principal | None) -> dict[str, An
     if subject.client_id:
         ident["clientId"] = subject.client_id
     return ident
+
+
+def authenticate(verifier: TokenVerifier, audit: AuditTrail) -> Middleware:
+    """Bearer authentication whose every refusal is an ``Authenticate`` audit record (with
+    the RFC 6750 error code; never the token)."""
+    async def refused(err: BearerError) -> None:
+        await audit.emit("Authenticate", user_identity={"type": "Anonymous"},
+                         error_code=err.error or "missing_token",
+                         error_message=err.description or "no bearer token")
+
+    return Middleware(BearerAuthMiddleware, verifier=verifier, on_failure=refused)
 
 
 class Authorize:

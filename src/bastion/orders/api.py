@@ -24,10 +24,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bastion.audit.trail import AuditTrail
-from bastion.edge.authz import Authorize, user_identity
+from bastion.edge.authz import Authorize, authenticate, user_identity
 from bastion.iam.authorizer import Authorizer
 from bastion.store.fast import FastStore, Row
-from bastion.tokens.starlette import BearerAuthMiddleware
 from bastion.tokens.verify import TokenVerifier, VerifiedToken
 
 MAX_BODY = 16 * 1024
@@ -158,7 +157,7 @@ class OrdersAPI:
 def routes(api: OrdersAPI, verifier: TokenVerifier, iam: Authorizer) -> list[Route]:
     """The Orders routes, each with the IAM action and resource it is authorized as."""
     def guard(action: str, resource: str) -> list[Middleware]:
-        return [Middleware(BearerAuthMiddleware, verifier=verifier),
+        return [authenticate(verifier, api.audit),
                 Middleware(Authorize, iam=iam, audit=api.audit, action=action,
                            resource=resource)]
 

@@ -90,7 +90,8 @@ class BearerAuthMiddleware:
 
     Paths in ``optional_paths`` (exact match on ``scope["path"]``) pass through without
     authentication; non-HTTP scopes (lifespan, websocket) pass through untouched. CORS
-    preflights carry no credentials: put ``CORSMiddleware`` outside this one.
+    preflights carry no credentials: put ``CORSMiddleware`` outside this one. ``on_failure``
+    is awaited with each refusal before it is answered (an audit hook).
     """
 
     def __init__(
@@ -100,6 +101,7 @@ class BearerAuthMiddleware:
         verifier: TokenVerifier,
         realm: str = "bastion",
         optional_paths: Collection[str] = (),
+        on_failure: Callable[[BearerError], Awaitable[None]] | None = None,
     ) -> None:
         if isinstance(optional_paths, str):
             raise ValueError("optional_paths must be a collection of paths, not a string")
@@ -107,6 +109,7 @@ class BearerAuthMiddleware:
         self.verifier = verifier
         self.realm = check_realm(realm)
         self.optional_paths = frozenset(optional_paths)
+        self.on_failure = on_failure  # e.g. record the refusal in an audit trail
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.optional_paths:
@@ -117,6 +120,8 @@ class BearerAuthMiddleware:
             token = await self.verifier.verify(raw)
         except BearerError as err:
             logger.info("bearer authentication failed: %s (%s)", err.error, err.debug)
+            if self.on_failure is not None:
+                await self.on_failure(err)
             await bearer_error_response(err, self.realm)(scope, receive, send)
             return
         scope.setdefault("state", {})["token"] = token
