@@ -26,16 +26,23 @@ def _when(text: str | None) -> int | None:
     if text is None:
         return None
     match = _RELATIVE.fullmatch(text)
-    if match:
-        return int((time.time() - int(match[1]) * _UNITS[match[2]]) * 1000)
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        err.print(f"[red]error:[/red] not a time: {text!r} (ISO 8601 or 30s/15m/2h/7d)")
-        raise typer.Exit(2) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+        if match:
+            age = int(match[1]) * _UNITS[match[2]]
+            # an age older than the epoch means "from the start"; beyond 200 years, a typo
+            ms = max(0, int((time.time() - age) * 1000)) if age < 200 * 365 * 86400 else None
+        else:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            ms = round(moment.timestamp() * 1000)
+    except (ValueError, OverflowError):
+        ms = None
+    if ms is None or not 0 <= ms < 253402300800000:
+        err.print(f"[red]error:[/red] not a time: {text!r} (ISO 8601 in years 1970-9999, or "
+                  "an age like 30s/15m/2h/7d)")
+        raise typer.Exit(2)
+    return ms
 
 
 def _notary(p: Any) -> Any:

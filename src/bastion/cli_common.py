@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from bastion.audit.trail import AuditUnavailable
 from bastion.config import ConfigError, Settings, load_settings
 from bastion.iam.admin import IamError
 from bastion.identity.users import IdentityError
@@ -48,6 +49,9 @@ def _run(settings: Settings, job: Callable[[Any], Awaitable[T]]) -> T:
         return asyncio.run(go())
     except IdentityError as exc:
         err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except AuditUnavailable:
+        err.print("[red]error:[/red] the audit trail is unavailable: nothing was changed")
         raise typer.Exit(1) from None
     except IamError as exc:
         err.print(f"[red]error:[/red] {exc.code}: {exc.message}")

@@ -107,8 +107,8 @@ async def tampering(settings: Settings) -> AsyncIterator[Raw]:
     async with raw_connection(settings) as raw:
         triggers = await raw.rows(
             "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name IN "
-            "('audit_events', 'audit_checkpoints')")
-        assert len(triggers) == 3, triggers
+            "('audit_events', 'audit_checkpoints', 'audit_signing_keys')")
+        assert len(triggers) == 6, triggers  # UPDATE and DELETE on each
         for name, _sql in triggers:
             await raw.run(f'DROP TRIGGER "{name}"')
         yield raw
@@ -318,11 +318,6 @@ async def test_stored_checkpoints_cannot_be_updated(provider, signed):
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
-@pytest.mark.xfail(strict=True, raises=asyncpg.UndefinedColumnError, reason=(
-    "0002_iam_and_audit_trail.py: audit_append_only() tests OLD.seq in the same IF as "
-    "TG_TABLE_NAME; PL/pgSQL evaluates it as one expression, so on audit_checkpoints (no "
-    "seq column) an UPDATE fails with 'record \"old\" has no field \"seq\"' instead of "
-    "the append-only exception"))
 async def test_postgres_checkpoint_update_names_the_append_only_rule(provider, signed):
     with pytest.raises(asyncpg.RaiseError, match="append-only"):
         async with raw_connection(provider.settings) as raw:
@@ -493,11 +488,6 @@ async def test_deleted_checkpoint_between_two_is_noticed_by_the_next_one(provide
 
 # --- a checkpoint signed after the tampering ------------------------------------------------
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "notary.py Notary.checkpoint signs over the stored (seq, hash) pairs checking only for "
-    "gaps, never the links: a checkpoint signed after tampering (the server does it every "
-    "60 s) vouches for the forged hashes, and verify then names an intact record with "
-    "certainty instead of the two suspects"))
 @pytest.mark.parametrize("attack", [
     lambda r: edit(r, 50, rehash=True),
     lambda r: _delete_renumber(r, 50),

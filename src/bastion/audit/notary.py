@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from bastion.audit.chain import GENESIS, VerifyReport, verify_chain
+from bastion.audit.chain import GENESIS, VerifyReport, link, verify_chain
 from bastion.audit.checkpoint import Checkpoint, checkpoint_hash, sign_checkpoint
 from bastion.audit.merkle import CompactRange
 from bastion.audit.trail import ADVISORY_LOCK
@@ -94,23 +94,26 @@ class Notary:
                                 "DESC LIMIT 1")
             tree = CompactRange()
             previous = GENESIS
+            link_from = GENESIS
             if last is not None:
                 stored = _decode(last[0])
                 tree = CompactRange.from_state(stored.checkpoint.tree_size, stored.frontier)
                 previous = checkpoint_hash(stored.checkpoint)
+                link_from = stored.checkpoint.last_hash
             start = tree.size
             last_hash = None
             while True:
-                rows = await tx.all("SELECT seq, hash FROM audit_events WHERE seq > :s "
+                rows = await tx.all("SELECT seq, body, hash FROM audit_events WHERE seq > :s "
                                     "ORDER BY seq LIMIT :n", s=tree.size, n=CHUNK)
                 for row in rows:
-                    seq, leaf = int(row[0]), bytes(row[1])
-                    if seq != tree.size + 1:  # a gap: do not sign over a damaged trail
-                        log.error("audit trail has a gap before seq %d: run "
+                    seq, leaf = int(row[0]), bytes(row[2])
+                    # never sign over a damaged trail: a signature would blur the diagnosis
+                    if seq != tree.size + 1 or link(link_from, bytes(row[1])) != leaf:
+                        log.error("audit trail damaged at seq %d: not signing; run "
                                   "'bastion audit verify'", seq)
                         return None
                     tree.append(leaf)
-                    last_hash = leaf
+                    last_hash = link_from = leaf
                 if len(rows) < CHUNK:
                     break
             if tree.size == start or last_hash is None:

@@ -82,9 +82,16 @@ def _columns(body: bytes, record: Mapping[str, Any],
 def _parse_ms(record: Mapping[str, Any]) -> int:
     text = str(record.get("eventTime", ""))
     try:
-        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+        return round(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
     except ValueError:
         return int(time.time() * 1000)
+
+
+def _whole(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 class _Spool:
@@ -99,10 +106,18 @@ class _Spool:
         return self.path.exists() or self.draining.exists()
 
     def write(self, bodies: list[bytes]) -> None:
+        """Append and fsync; raises OSError unless every byte is on disk. A line left torn
+        by an earlier failure is ended first, so it cannot swallow these records."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            os.write(fd, b"".join(b + b"\n" for b in bodies))
+            data = b"".join(b + b"\n" for b in bodies)
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -112,18 +127,27 @@ class _Spool:
         appended to the file being drained, so order holds across failed attempts."""
         if self.path.exists():
             with open(self.draining, "ab") as out:
-                out.write(self.path.read_bytes())
+                out.write(b"\n" + self.path.read_bytes())  # blank lines are skipped
                 out.flush()
                 os.fsync(out.fileno())
             self.path.unlink()
         if not self.draining.exists():
             return []
         seen: set[bytes] = set()
-        bodies = []
+        bodies, torn = [], []
         for line in self.draining.read_bytes().split(b"\n"):
-            if line and line not in seen:
-                seen.add(line)
+            if not line or line in seen:
+                continue
+            seen.add(line)
+            if _whole(line):
                 bodies.append(line)
+            else:  # a write that failed half-way: its waiter got a 503, nothing was promised
+                torn.append(line)
+        if torn:
+            with open(self.directory / "spool.torn", "ab") as out:
+                out.write(b"".join(t + b"\n" for t in torn))
+            log.error("audit spool: %d torn line(s) set aside in %s", len(torn),
+                      self.directory / "spool.torn")
         return bodies
 
     def done(self) -> None:
@@ -143,7 +167,6 @@ class AuditTrail:
         self._flusher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.appended = 0  # records committed by this process (checkpoint trigger)
-        self.listeners: list[Any] = []  # callables(seq, body) after commit (sinks, tail)
 
     # --- recording ----------------------------------------------------------------------
     async def emit(self, event_name: str, **fields: Any) -> dict[str, Any]:
@@ -165,7 +188,8 @@ class AuditTrail:
             fields.setdefault("source_ip", req.source_ip)
             fields.setdefault("user_agent", req.user_agent)
         fields.setdefault("event_time", time.time())
-        return build_record(event_name, **fields), int(fields["event_time"] * 1000)
+        # the same rounding as the record's eventTime, so --since <eventTime> finds it
+        return build_record(event_name, **fields), int(round(fields["event_time"] * 1000))
 
     async def append(self, record: Mapping[str, Any], *, event_ms: int | None = None) -> None:
         await asyncio.shield(self._enqueue(record, event_ms))
@@ -239,8 +263,11 @@ class AuditTrail:
             await self._commit_locked(rows)
 
     async def _commit_locked(self, rows: list[dict[str, Any]]) -> None:
-        spooled = self.spool.take() if self.spool.pending() else []
+        had_spool = self.spool.pending()
+        spooled = self.spool.take() if had_spool else []
         if not rows and not spooled:
+            if had_spool:
+                self.spool.done()
             return
         async with self.store.transaction() as tx:
             if self.postgres:
@@ -254,13 +281,27 @@ class AuditTrail:
                 prev = link(prev, row["body"])
                 row["seq"], row["hash"] = seq, prev
             await tx.many(INSERT_SQL, rows)
-        if spooled:
+        if had_spool:
             self.spool.done()
             log.warning("audit spool drained: %d records moved into the trail", len(spooled))
         self.appended += len(rows)
-        for listener in self.listeners:
-            for row in rows:
-                listener(row["seq"], row["body"])
+
+    async def record_in(self, tx: Tx, event_name: str, **fields: Any) -> None:
+        """Record inside the caller's write transaction: the change and its record commit
+        together or not at all (for state changes; decisions use ``emit``). The caller's
+        transaction must come from this trail's store."""
+        record, event_ms = self._build(event_name, fields)
+        row = _columns(canonical_bytes(record), record, event_ms)
+        try:
+            if self.postgres:
+                await tx.one("SELECT pg_advisory_xact_lock(:k)", k=ADVISORY_LOCK)
+            seq, prev = await last_link(tx)
+            row["seq"], row["hash"] = seq + 1, link(prev, row["body"])
+            await tx.run(INSERT_SQL, **row)
+        except Exception as exc:  # the whole change rolls back with it: fail closed
+            log.critical("audit trail unwritable (%s): change refused", type(exc).__name__)
+            raise AuditUnavailable("the audit trail is unavailable") from exc
+        self.appended += 1
 
     async def drain_spool(self) -> None:
         """Move spooled records into the trail (a background retry)."""

@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from bastion.iam import Finding, validate_policy
 from bastion.iam import store as iam_store
@@ -26,7 +26,13 @@ from bastion.iam.scheme import (
 )
 from bastion.store.fast import FastStore, Tx
 
-Emit = Callable[..., Awaitable[Any]]
+
+class Recorder(Protocol):
+    """The audit trail as IAM needs it: records in the change's own transaction
+    (``record_in``) and, for refused changes, on their own (``emit``)."""
+
+    async def emit(self, event_name: str, **fields: Any) -> Any: ...
+    async def record_in(self, tx: Tx, event_name: str, **fields: Any) -> None: ...
 PolicyKind = Literal["identity", "resource", "trust", "boundary", "session"]
 
 _EXISTS_SQL = {
@@ -79,18 +85,17 @@ def _name(name: str, what: str = "name", pattern: Any = NAME_RE) -> str:
 class IamAdmin:
     store: FastStore
     account: str
-    emit: Emit  # the audit trail's emit(event_name, **fields)
+    audit: Recorder
     on_change: Callable[[], None] = lambda: None
 
     async def _changed(self, tx: Tx) -> None:
         await iam_store.bump(tx)
 
     async def _audit(self, event: str, actor: Mapping[str, Any] | None, params: dict[str, Any],
-                     resources: list[dict[str, str]], error: IamError | None = None) -> None:
-        await self.emit(event, user_identity=actor, request_parameters=params,
-                        resources=resources,
-                        error_code=error.code if error else None,
-                        error_message=error.message if error else None)
+                     resources: list[dict[str, str]], error: IamError) -> None:
+        await self.audit.emit(event, user_identity=actor, request_parameters=params,
+                              resources=resources, error_code=error.code,
+                              error_message=error.message)
 
     async def _require(self, tx: Tx, kind: Kind, name: str) -> None:
         if await tx.one(_EXISTS_SQL[kind], name=name) is None:
@@ -102,16 +107,18 @@ class IamAdmin:
     async def _run(self, event: str, actor: Mapping[str, Any] | None, params: dict[str, Any],
                    resources: list[dict[str, str]],
                    body: Callable[[Tx], Awaitable[Any]]) -> Any:
-        """Run ``body`` in one transaction, bump the generation, audit success or failure."""
+        """Run ``body``, bump the generation and record the change, in one transaction (no
+        change without its record); a refused change is recorded on its own."""
         try:
             async with self.store.transaction() as tx:
                 result = await body(tx)
                 await self._changed(tx)
+                await self.audit.record_in(tx, event, user_identity=actor,
+                                           request_parameters=params, resources=resources)
         except IamError as exc:
             await self._audit(event, actor, params, resources, exc)
             raise
         self.on_change()
-        await self._audit(event, actor, params, resources)
         return result
 
     def _policy_res(self, name: str) -> list[dict[str, str]]:

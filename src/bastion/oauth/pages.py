@@ -159,15 +159,19 @@ async def _signed_in(request: Request, provider: Provider, req: PendingRequest,
     return response
 
 
+HIDDEN = "HIDDEN_DUE_TO_SECURITY_REASONS"
+
+
 async def _audit_login(provider: Provider, event: str, username: str, req: PendingRequest,
                        error: str | None, message: str | None, *,
                        mfa_required: bool = False) -> None:
     """A sign-in attempt: who (as typed, for failures too), for which client, the outcome.
     The password or code itself never reaches the trail."""
+    identity: dict[str, Any] = {"type": "IAMUser", "userName": username}
+    if username != HIDDEN:
+        identity["arn"] = principal_arn("user", username, provider.settings.account_id)
     await provider.audit.emit(
-        event, user_identity={"type": "IAMUser", "userName": username,
-                              "arn": principal_arn("user", username,
-                                                   provider.settings.account_id)},
+        event, user_identity=identity,
         request_parameters={"clientId": req.client_id},
         response_elements={"mfaRequired": mfa_required} if error is None else None,
         error_code=error, error_message=message)
@@ -206,18 +210,20 @@ async def login_submit(provider: Provider, request: Request) -> Response:
     password = form.get("password", "")
     ip = _client_ip(request)
     wait = await provider.throttle.retry_after(username, ip)
+    async with provider.sessions() as db:
+        user = await get_user_by_name(db, username) if USERNAME_RE.match(username) else None
+    # CloudTrail's rule: a name that is no account may be a mistyped password; not recorded
+    who = username if user is not None else HIDDEN
     if wait > 0:
-        await _audit_login(provider, "Login", username, req, "Throttled",
+        await _audit_login(provider, "Login", who, req, "Throttled",
                            "too many failed attempts")
         return await _login_form(provider, req, browser, username=username, status=429,
                                  message=f"Too many attempts. Try again in {int(wait) + 1} "
                                          "seconds.")
-    async with provider.sessions() as db:
-        user = await get_user_by_name(db, username) if USERNAME_RE.match(username) else None
     ok = await verify_password(user.password_hash if user else None, password)
     if not ok or user is None or user.disabled:
         await provider.throttle.failure(username, ip)
-        await _audit_login(provider, "Login", username, req, "InvalidCredentials",
+        await _audit_login(provider, "Login", who, req, "InvalidCredentials",
                            "unknown user, wrong password or disabled account")
         # identical answer for unknown users, wrong passwords and disabled accounts
         return await _login_form(provider, req, browser, username=username, status=401,

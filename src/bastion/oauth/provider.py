@@ -76,7 +76,7 @@ class Provider:
         self.notary = Notary(self.fast, self.wrapper, postgres=self.audit.postgres)
         self._checkpointed = (0, time.monotonic())  # records appended, when
         self.iam = Authorizer(self.fast, s.account_id, s.iam_cache_ttl)
-        self.iam_admin = IamAdmin(self.fast, s.account_id, self.audit.emit,
+        self.iam_admin = IamAdmin(self.fast, s.account_id, self.audit,
                                   on_change=self.iam.invalidate)
         self.throttle = LoginThrottle(self.kv, ThrottlePolicy(
             s.login_max_failures_account, s.login_max_failures_ip, s.login_backoff_base,

@@ -141,15 +141,16 @@ class OrdersAPI:
         order = {"id": secrets.token_hex(8), "owner": token.subject, "item": data.item,
                  "quantity": data.quantity, "unit_price_cents": data.unit_price_cents,
                  "status": "placed", "created_at": int(time.time())}
+        # the order and its records commit together: no order without its audit trail
         async with self.store.transaction() as tx:
             count = await tx.run(INSERT_SQL, **order)
-        await self.audit.emit_many([
-            statement(actor, INSERT_SQL, order, count),
-            ("CreateOrder", {"user_identity": actor,
-                             "request_parameters": {"item": data.item,
-                                                    "quantity": data.quantity},
-                             "response_elements": {"orderId": order["id"]},
-                             "resources": self._arn(str(order["id"]))})])
+            name, fields = statement(actor, INSERT_SQL, order, count)
+            await self.audit.record_in(tx, name, **fields)
+            await self.audit.record_in(
+                tx, "CreateOrder", user_identity=actor,
+                request_parameters={"item": data.item, "quantity": data.quantity},
+                response_elements={"orderId": order["id"]},
+                resources=self._arn(str(order["id"])))
         return JSONResponse(_public(order), status_code=201,
                             headers={"Location": f"/orders/{order['id']}"})
 
