@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Durable audit appends per second, side by side in one run:
 
-  plain-100   plain SQLite: the same rows (same table, same bodies) inserted without hashing,
-              100 rows per WAL commit (synchronous=NORMAL), one writer
+  plain-100   plain SQLite: the same rows (same table and indexes, same bodies) inserted
+              without hashing, 100 rows per WAL commit, one writer; the same pragmas as
+              Bastion's writer (WAL, synchronous=NORMAL, checkpoints not on the writer)
   plain-1     plain SQLite, one commit per row
   trail       Bastion's AuditTrail: canonical body + SHA-256 chain link per record, group
               commit; C concurrent producers each awaiting durability of its own record
@@ -54,6 +55,7 @@ def plain(path: str, rows: list[dict[str, Any]], per_commit: int) -> float:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")  # as Bastion's writer (it checkpoints aside)
     conn.execute("DROP TABLE IF EXISTS plain")
     conn.execute("CREATE TABLE plain AS SELECT * FROM audit_events WHERE 0")
     conn.execute("CREATE INDEX ix_plain_time ON plain (event_time)")
@@ -75,13 +77,14 @@ async def trail_run(url: str, records: list[dict[str, Any]], producers: int, *,
     store = await open_fast_store(url)
     trail = AuditTrail(store, postgres=postgres, spool_dir=spool, batch_max=5000)
     queue = iter(range(len(records)))
+    now_ms = int(time.time() * 1000)
 
     async def producer() -> None:
         for i in queue:
             if build:
                 await trail.emit("GetOrder", **_fields(i))
             else:
-                await trail.append(records[i])
+                await trail.append(records[i], event_ms=now_ms)  # as emit() passes it
 
     start = time.perf_counter()
     await asyncio.gather(*(producer() for _ in range(producers)))

@@ -213,3 +213,22 @@ async def test_orders_access_and_every_statement_are_audited(provider, http, ali
               and r["eventName"] == "SqlStatement"][0]
     assert insert["requestParameters"]["class"] == "WRITE"
     assert "secret-sauce" not in json.dumps(insert)  # statement parameters: names only
+
+
+async def test_stored_resource_policies_apply(provider, http, alice):
+    """A resource-based policy stored for an ARN joins the decision: its Allow grants a
+    principal with no identity policy (same account), its Deny beats the role's Allow."""
+    token = mint(provider, alice)
+    created = await http.post("/orders", json=TEA, headers=bearer(token))
+    order_arn = f"arn:bastion:orders::{ACCT}:order/{created.json()['id']}"
+    await provider.iam_admin.put_resource_policy(order_arn, policy(
+        {"Effect": "Deny", "Principal": {"AWS": f"arn:bastion:iam::{ACCT}:user/alice"},
+         "Action": "orders:GetOrder", "Resource": order_arn}))
+    assert (await http.get(created.headers["location"], headers=bearer(token))).status_code \
+        == 403
+    bare = mint(provider, alice, roles=())
+    await provider.iam_admin.put_resource_policy(order_arn, policy(
+        {"Effect": "Allow", "Principal": {"AWS": f"arn:bastion:iam::{ACCT}:user/alice"},
+         "Action": "orders:GetOrder", "Resource": order_arn}))
+    assert (await http.get(created.headers["location"], headers=bearer(bare))).status_code \
+        == 200

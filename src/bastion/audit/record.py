@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from importlib import metadata
 from typing import Any
 
+import orjson
+
 from bastion.audit.events import (
     EVENTS,
     HTTP_ACTIVITIES,
@@ -150,6 +152,15 @@ def _escaped_len(text: str) -> int:
 def clean_text(text: str, cap: int = MAX_STRING_BYTES) -> str:
     """Lone surrogates -> U+FFFD, secrets scrubbed, then cut so that the escaped JSON form is
     at most ``cap`` bytes (a marker says how long it was)."""
+    if len(text) <= _MEMO_CHARS:  # the same short values come back in every record
+        return _clean_short(text, cap)
+    return _clean_text(text, cap)
+
+
+_MEMO_CHARS = 256
+
+
+def _clean_text(text: str, cap: int) -> str:
     original = len(text)
     if original > _SCAN_CHARS:
         text = text[:_SCAN_CHARS]
@@ -164,6 +175,10 @@ def clean_text(text: str, cap: int = MAX_STRING_BYTES) -> str:
     while keep > 0 and _escaped_len(text[:keep]) > room:
         keep = keep * room // _escaped_len(text[:keep]) - 1
     return text[:max(keep, 0)] + marker
+
+
+# a pure function of (text, cap): memoised for short text, bounded
+_clean_short = functools.lru_cache(maxsize=8192)(_clean_text)
 
 
 def _clean_key(key: object) -> str:
@@ -194,6 +209,17 @@ def _clean(value: object, depth: int, budget: _Budget, cap: int) -> Any:
     budget.nodes -= 1
     if budget.nodes < 0:
         return "[omitted: too many values]"
+    kind = type(value)  # the common exact types first; subclasses take the long way below
+    if kind is str:
+        return clean_text(value, cap)  # type: ignore[arg-type]
+    if kind is dict or kind is list or kind is tuple:
+        if depth >= MAX_DEPTH:
+            return "[omitted: nested too deep]"
+        if kind is dict:
+            return _clean_mapping(value, depth, budget, cap)  # type: ignore[arg-type]
+        return _clean_list(value, depth, budget, cap)  # type: ignore[arg-type]
+    if value is None or kind is bool:
+        return value
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, enum.Enum):
@@ -266,10 +292,27 @@ def _clean_mapping(mapping: Mapping[Any, Any], depth: int, budget: _Budget,
     return out
 
 
+# built once: json.dumps with options builds a new encoder per call (a third of the cost)
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                              allow_nan=False)
+
+
 def canonical_bytes(record: Mapping[str, Any]) -> bytes:
-    """The stored and hashed form: sorted keys, no spaces, ASCII only, no NaN. One line."""
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode("ascii")
+    """The stored and hashed form: sorted keys, no spaces, ASCII only, no NaN. One line.
+
+    orjson writes it in a microsecond when the record is plain ASCII (the common case);
+    anything else (non-ASCII text, which must be escaped, a null, which may have been a NaN
+    that must be refused, or a value orjson refuses) goes through the standard encoder. Verification never re-encodes: it hashes the stored bytes,
+    so the two encoders need not agree byte for byte."""
+    try:
+        out = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, ValueError):
+        out = b""
+    # orjson writes NaN as null and leaves DEL (0x7f) raw; the standard encoder refuses the
+    # one and escapes the other
+    if out and out.isascii() and b"null" not in out and b"\x7f" not in out:
+        return out
+    return _CANONICAL.encode(record).encode("ascii")
 
 
 def _iso_time(seconds: float) -> str:
@@ -281,6 +324,7 @@ def _iso_time(seconds: float) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
+@functools.lru_cache(maxsize=4096)  # the same peers come back
 def _ip_or_name(source: str) -> str:
     try:
         return str(ipaddress.ip_address(source.strip()))

@@ -179,7 +179,7 @@ class AuditTrail:
     async def emit_many(self, events: list[tuple[str, dict[str, Any]]]) -> None:
         """Several records of one request, committed together (one wait, not one each)."""
         futures = [self._enqueue(*self._build(name, fields)) for name, fields in events]
-        await asyncio.shield(asyncio.gather(*futures))
+        await asyncio.gather(*futures)
 
     def _build(self, event_name: str, fields: dict[str, Any]) -> tuple[dict[str, Any], int]:
         req = current_request.get()
@@ -192,7 +192,9 @@ class AuditTrail:
         return build_record(event_name, **fields), int(round(fields["event_time"] * 1000))
 
     async def append(self, record: Mapping[str, Any], *, event_ms: int | None = None) -> None:
-        await asyncio.shield(self._enqueue(record, event_ms))
+        # a cancelled waiter (client gone) cancels only its wait: the record is queued and
+        # is written; the flusher skips futures that are already done
+        await self._enqueue(record, event_ms)
 
     def _enqueue(self, record: Mapping[str, Any], event_ms: int | None) -> asyncio.Future[None]:
         body = canonical_bytes(record)

@@ -388,8 +388,10 @@ class IamAdmin:
     async def put_resource_policy(self, resource_arn: str, document: str | Mapping[str, Any],
                                   *, actor: Mapping[str, Any] | None = None) -> None:
         text = _document(document, "resource")
-        if not resource_arn.startswith("arn:") or len(resource_arn) > 512:
-            raise IamError("InvalidInput", "resource must be an ARN (at most 512 chars)")
+        if not resource_arn.startswith("arn:") or len(resource_arn) > 512 \
+                or not resource_arn.isprintable():
+            raise IamError("InvalidInput", "resource must be an ARN (at most 512 printable "
+                           "chars)")
 
         async def body(tx: Tx) -> None:
             await tx.run("INSERT INTO iam_resource_policies (resource_arn, document, "

@@ -61,9 +61,11 @@ class Authorizer:
     _generation: int = -1
     _checked_at: float = 0.0
     _resource_policies: dict[tuple[str, str], Policy] = field(default_factory=dict)
+    _stored_resource_policies: dict[str, str | None] = field(default_factory=dict)
 
     def invalidate(self) -> None:
         self._cache.clear()
+        self._stored_resource_policies.clear()
         self._checked_at = 0.0
 
     async def _fresh(self) -> None:
@@ -73,8 +75,22 @@ class Authorizer:
         current = await iam_store.generation(self.store)
         if current != self._generation:
             self._cache.clear()
+            self._stored_resource_policies.clear()
             self._generation = current
         self._checked_at = now
+
+    async def stored_resource_policy(self, resource_arn: str) -> str | None:
+        """The resource-based policy stored for this ARN (``iam resource-policy``), cached
+        like principals' policies."""
+        if len(resource_arn) > 512 or not resource_arn.isprintable():
+            return None  # no stored policy can be on it (put_resource_policy refuses those)
+        await self._fresh()
+        if resource_arn not in self._stored_resource_policies:
+            if len(self._stored_resource_policies) > 50_000:
+                self._stored_resource_policies.clear()
+            self._stored_resource_policies[resource_arn] = await iam_store.resource_policy(
+                self.store, resource_arn)
+        return self._stored_resource_policies[resource_arn]
 
     async def principal(self, subject: Subject) -> Principal | None:
         """The resolved principal, or None when it does not exist (or is disabled)."""
@@ -164,7 +180,13 @@ class Authorizer:
             return None, Decision("implicitDeny", (), "unknown or disabled principal")
         ctx = self.context(subject, principal, source_ip=source_ip, secure=secure,
                            extra=extra)
-        rp = self._resource_policy(resource_policy, resource) if resource_policy else None
+        if resource_policy is None:
+            resource_policy = await self.stored_resource_policy(resource)
+        try:
+            rp = self._resource_policy(resource_policy, resource) if resource_policy else None
+        except ValueError:  # a stored policy that no longer compiles: deny, loudly
+            log.exception("the resource policy of %s does not compile", resource)
+            return principal, Decision("implicitDeny", (), "invalid resource policy")
         decision = evaluate(Request(principal.arn, action, resource, ctx), principal.identity,
                             resource_policy=rp, boundary=principal.boundary,
                             session=principal.session)
