@@ -302,8 +302,9 @@ def canonical_bytes(record: Mapping[str, Any]) -> bytes:
 
     orjson writes it in a microsecond when the record is plain ASCII (the common case);
     anything else (non-ASCII text, which must be escaped, a null, which may have been a NaN
-    that must be refused, or a value orjson refuses) goes through the standard encoder. Verification never re-encodes: it hashes the stored bytes,
-    so the two encoders need not agree byte for byte."""
+    that must be refused, or a value orjson refuses) goes through the standard encoder.
+    Verification never re-encodes: it hashes the stored bytes. (The two encoders agree on
+    everything records hold except float exponents, 1e-05 vs 1e-5.)"""
     try:
         out = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
     except (TypeError, ValueError):
