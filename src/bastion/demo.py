@@ -42,6 +42,7 @@ async def seed(provider: Provider) -> DemoCredentials:
     redirect_uri = provider.url("/demo/callback")
     secret = secrets.token_urlsafe(32)
     passwords = {name: secrets.token_urlsafe(9) for name in USERS}
+    changed: list[tuple[str, str]] = []  # (user, audit event)
     async with provider.sessions.begin() as db:
         client = await db.get(Client, CLIENT_ID)
         if client is None:
@@ -58,6 +59,7 @@ async def seed(provider: Provider) -> DemoCredentials:
             if user is None:
                 user = await create_user(db, name, passwords[name], roles=roles,
                                          name=name.title(), email=f"{name}@example.com")
+                changed.append((name, "CreateUser"))
                 now = int(time.time())
                 for item, qty, price in ORDERS[name]:
                     db.add(Order(id=secrets.token_hex(8), owner=user.id, item=item,
@@ -65,7 +67,14 @@ async def seed(provider: Provider) -> DemoCredentials:
                                  created_at=now))
             else:
                 user.password_hash = hash_password(passwords[name])
+                changed.append((name, "ResetPassword"))
     provider._clients.pop(CLIENT_ID, None)  # noqa: SLF001 — drop the cached secret hash
+    seeder = {"type": "Bastion", "principalId": "demo-seed"}
+    await provider.audit.emit_many(
+        [("RotateClientSecret", {"user_identity": seeder,
+                                 "request_parameters": {"clientId": CLIENT_ID}})]
+        + [(event, {"user_identity": seeder, "request_parameters": {"userName": name}})
+           for name, event in changed])
     return DemoCredentials(CLIENT_ID, secret, redirect_uri, passwords)
 
 
