@@ -211,6 +211,7 @@ class AuditTrail:
             await asyncio.shield(self._flusher)
 
     async def _flush_loop(self) -> None:
+        await asyncio.sleep(0)  # one loop turn: requests already in flight join this batch
         while self._pending:
             batch = self._pending[: self.batch_max]
             del self._pending[: len(batch)]
