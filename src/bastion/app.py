@@ -1,10 +1,9 @@
-"""Composition of the ASGI application: identity provider endpoints + the Orders API."""
+"""Composition of the ASGI application: identity provider endpoints, the Orders API and the
+IAM admin API, behind the edge's request context (request ids, access log, fail-closed)."""
 
 from __future__ import annotations
 
 import gc
-import logging
-import time
 from functools import partial
 
 from starlette.applications import Starlette
@@ -12,11 +11,11 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bastion.admin import iam_api
 from bastion.config import Settings
-from bastion.edge.authz import authenticate
+from bastion.edge.authz import Guard, authenticate
 from bastion.edge.request import RequestContext
 from bastion.oauth import pages
 from bastion.oauth.authorize import authorize_endpoint
@@ -31,38 +30,6 @@ from bastion.oidc.logout import logout_endpoint
 from bastion.oidc.userinfo import userinfo_endpoint
 from bastion.orders import api as orders_api
 
-access_log = logging.getLogger("bastion.access")
-
-
-class AccessLog:
-    """Pure ASGI access log: method, path without the query string (which may carry codes
-    or state), status and duration. Never headers or bodies."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            if access_log.isEnabledFor(logging.INFO):
-                client = scope.get("client") or ("-", 0)
-                access_log.info("%s %s %s %d %.1fms", client[0], scope["method"],
-                                scope["path"][:200], status,
-                                (time.perf_counter() - start) * 1000)
-
 
 async def healthz(provider: Provider, request: Request) -> Response:
     del request
@@ -74,10 +41,11 @@ def build_app(provider: Provider, *, demo: bool = False) -> Starlette:
     grant_names = [g.grant_type for g in grants]
     p = provider
     bearer = [authenticate(p.verifier, p.audit)]
+    guard = Guard(p.verifier, p.iam, p.audit)
     orders = orders_api.OrdersAPI(p.fast, p.audit, p.settings.account_id)
     routes = [  # hottest first: Starlette matches routes in order
         Route("/token", TokenEndpoint(p, grants).handle, methods=["POST"]),
-        *orders_api.routes(orders, p.verifier, p.iam),
+        *orders_api.routes(orders, guard),
         Route("/healthz", partial(healthz, p), methods=["GET"]),
         Route("/.well-known/openid-configuration", partial(discovery_endpoint, p, grant_names),
               methods=["GET"]),
@@ -99,13 +67,12 @@ def build_app(provider: Provider, *, demo: bool = False) -> Starlette:
         Route("/sts", partial(assume_role_endpoint, p), methods=["POST"], middleware=bearer),
 
     ]
-    routes += iam_api.routes(iam_api.IamAPI(p.iam_admin, p.iam, p.fast), p.verifier, p.audit)
+    routes += iam_api.routes(iam_api.IamAPI(p.iam_admin, p.iam, p.fast), guard)
     if demo:
         from bastion.demo import callback_page
 
         routes.append(Route("/demo/callback", callback_page, methods=["GET"]))
-    return Starlette(routes=routes, middleware=[Middleware(AccessLog),
-                                                Middleware(RequestContext)])
+    return Starlette(routes=routes, middleware=[Middleware(RequestContext)])
 
 
 class BastionServer:

@@ -119,7 +119,6 @@ def simulate(
     from bastion.iam import PolicyError, PolicySet, Request, evaluate, parse_policy
 
     ctx = _context(context)
-    _clock(ctx)
     if (principal is None) == (caller_arn is None):
         err.print("[red]error:[/red] give exactly one of --principal or --caller-arn")
         raise typer.Exit(2)
@@ -138,6 +137,7 @@ def simulate(
         except PolicyError as exc:
             err.print(f"[red]error:[/red] invalid policy: {exc}")
             raise typer.Exit(2) from None
+        _clock(ctx)  # stored principals get the clock keys from the authorizer
         ctx.setdefault("aws:PrincipalArn", caller_arn)
         name = caller_arn.rsplit("/", 1)[-1]
         if ":user/" in caller_arn:
@@ -153,38 +153,14 @@ def simulate(
     rp_text = _read(resource_policy_file) if resource_policy_file else None
 
     async def job(p: Any) -> Any:
-        subject = await _subject(p, principal)
+        from bastion.admin.iam_api import stored_subject
+
+        subject = await stored_subject(p.fast, p.settings.account_id, principal)
         _, decision = await p.iam.decide(subject, action, resource, source_ip=None,
                                          secure=True, extra=ctx, resource_policy=rp_text)
         return decision
 
     _show(_run(_settings(data_dir=data_dir), job), as_json)
-
-
-async def _subject(p: Any, arn: str) -> Any:
-    from bastion.iam.admin import IamError
-    from bastion.iam.authorizer import Subject
-    from bastion.iam.scheme import parse_principal_arn
-    from bastion.iam.store import json_value
-
-    ref = parse_principal_arn(arn, p.settings.account_id)
-    if ref is None:
-        raise IamError("InvalidInput", f"not a principal ARN of account "
-                       f"{p.settings.account_id}: {arn}")
-    if ref.kind == "user":
-        row = await p.fast.one("SELECT id, roles FROM users WHERE username = :n", n=ref.name)
-        if row is None:
-            raise IamError("NoSuchEntity", f"the user {ref.name} does not exist")
-        user_roles = set(json_value(row[1]) or [])
-        for g in await p.fast.all("SELECT g.roles FROM groups g JOIN group_members m ON "
-                                  "m.group_id = g.id WHERE m.user_id = :id", id=row[0]):
-            user_roles |= set(json_value(g[0]) or [])
-        return Subject("user", row[0], tuple(sorted(user_roles)))
-    if ref.kind == "client":
-        row = await p.fast.one("SELECT roles FROM clients WHERE client_id = :n", n=ref.name)
-        roles = tuple(sorted(json_value(row[0]) or [])) if row else ()
-        return Subject("client", ref.name, roles, client_id=ref.name)
-    return Subject(ref.kind, ref.name, (), ref.session)
 
 
 # --- policies -----------------------------------------------------------------------------

@@ -20,19 +20,17 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bastion.audit.trail import AuditTrail
-from bastion.edge.authz import Authorize, authenticate, user_identity
+from bastion.edge.authz import Guard, user_identity
 from bastion.iam.admin import IamAdmin, IamError
 from bastion.iam.authorizer import Authorizer, Subject
 from bastion.iam.scheme import KINDS, parse_principal_arn
-from bastion.iam.store import json_value
+from bastion.identity.clients import CLIENT_SQL, client_from_row
+from bastion.oauth.families import load_subject
 from bastion.store.fast import FastStore
-from bastion.tokens.verify import TokenVerifier
 
 MAX_BODY = 64 * 1024
 POLICY_ARN = "arn:bastion:iam::{account}:policy/{name}"
@@ -132,31 +130,37 @@ class IamAPI:
 
     async def simulate(self, request: Request) -> Any:
         data = await _json(request)
-        ref = parse_principal_arn(_str(data, "principal"), self.iam.account)
-        if ref is None:
-            raise IamError("InvalidInput", "principal must be a principal ARN of this account")
         context = data.get("context", {})
         if not isinstance(context, dict):
             raise IamError("InvalidInput", "context must be an object")
-        if ref.kind == "user":
-            row = await self.fast.one("SELECT id, roles FROM users WHERE username = :n",
-                                      n=ref.name)
-            if row is None:
-                raise IamError("NoSuchEntity", f"the user {ref.name} does not exist", status=404)
-            subject = Subject("user", row[0], tuple(sorted(json_value(row[1]) or [])))
-        else:
-            subject = Subject(ref.kind, ref.name, (), ref.session)
+        subject = await stored_subject(self.fast, self.iam.account, _str(data, "principal"))
         _, decision = await self.iam.decide(subject, _str(data, "action"),
                                             _str(data, "resource"), extra=context)
         return decision.to_dict()
 
 
-def routes(api: IamAPI, verifier: TokenVerifier, audit: AuditTrail) -> list[Route]:
-    def guard(action: str, resource: str) -> list[Middleware]:
-        return [authenticate(verifier, audit),
-                Middleware(Authorize, iam=api.iam, audit=audit, action=action,
-                           resource=resource)]
+async def stored_subject(fast: FastStore, account: str, arn: str) -> Subject:
+    """The subject a stored principal's credentials would carry, for simulation: a user's
+    tokens carry their own and their groups' roles, a client's its registered roles."""
+    ref = parse_principal_arn(arn, account)
+    if ref is None:
+        raise IamError("InvalidInput", f"not a principal ARN of account {account}: {arn}")
+    if ref.kind == "user":
+        row = await fast.one("SELECT id FROM users WHERE username = :n", n=ref.name)
+        user = await load_subject(fast, row[0]) if row is not None else None
+        if user is None:
+            raise IamError("NoSuchEntity", f"the user {ref.name} does not exist", status=404)
+        return Subject("user", user.id, tuple(sorted(user.roles)))
+    if ref.kind == "client":
+        row = await fast.one(CLIENT_SQL, client_id=ref.name)
+        if row is None:
+            raise IamError("NoSuchEntity", f"the client {ref.name} does not exist", status=404)
+        return Subject("client", ref.name, tuple(sorted(client_from_row(row).roles)),
+                       client_id=ref.name)
+    return Subject(ref.kind, ref.name, (), ref.session)
 
+
+def routes(api: IamAPI, guard: Guard) -> list[Route]:
     policy = POLICY_ARN.replace("{name}", "*")
     out = [
         Route("/admin/iam/policies", api._wrap(api.list_policies), methods=["GET"],

@@ -163,6 +163,9 @@ class AuditTrail:
         self.failure_mode = failure_mode
         self.batch_max = batch_max
         self.spool = _Spool(spool_dir)
+        # whether a spool may exist: checked on disk at start and by drain_spool, set when
+        # this process spools; keeps two stat calls off every batch
+        self._spooled = self.spool.pending()
         self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -225,9 +228,7 @@ class AuditTrail:
                     rest = batch[1:] if len(batch) > 1 else batch
                     self._settle(rest, self._fallback([r for r, _ in rest], exc))
                 continue
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_result(None)
+            self._settle(batch, None)
 
     async def _one_by_one(self, row: dict[str, Any], fut: asyncio.Future[None]) -> bool:
         try:
@@ -252,6 +253,7 @@ class AuditTrail:
         if self.failure_mode == "spool":
             try:
                 self.spool.write([r["body"] for r in rows])
+                self._spooled = True
                 log.error("audit trail unwritable (%s): %d records spooled to %s",
                           type(exc).__name__, len(rows), self.spool.path)
                 return None
@@ -266,27 +268,31 @@ class AuditTrail:
             await self._commit_locked(rows)
 
     async def _commit_locked(self, rows: list[dict[str, Any]]) -> None:
-        had_spool = self.spool.pending()
+        had_spool = self._spooled and self.spool.pending()
         spooled = self.spool.take() if had_spool else []
-        if not rows and not spooled:
-            if had_spool:
-                self.spool.done()
-            return
-        async with self.store.transaction() as tx:
-            if self.postgres:
-                await tx.one("SELECT pg_advisory_xact_lock(:k)", k=ADVISORY_LOCK)
-            seq, prev = await last_link(tx)
-            if spooled:
-                spooled = await _not_yet_written(tx, spooled)
-                rows = [_columns(b, json.loads(b)) for b in spooled] + rows
-            for row in rows:
-                seq += 1
-                prev = link(prev, row["body"])
-                row["seq"], row["hash"] = seq, prev
-            await tx.many(INSERT_SQL, rows)
+        if rows or spooled:
+            async with self.store.transaction() as tx:
+                if spooled:
+                    spooled = await _not_yet_written(tx, spooled)
+                    rows = [_columns(b, json.loads(b)) for b in spooled] + rows
+                await self._link_and_insert(tx, rows)
         if had_spool:
             self.spool.done()
             log.warning("audit spool drained: %d records moved into the trail", len(spooled))
+        # spooling happens only in the flush task, never during this one's commit, except
+        # when this is drain_spool's commit: then look again
+        self._spooled = had_spool and self.spool.pending()
+
+    async def _link_and_insert(self, tx: Tx, rows: list[dict[str, Any]]) -> None:
+        """Chain ``rows`` after the newest record, under the write lock, and insert them."""
+        if self.postgres:
+            await tx.one("SELECT pg_advisory_xact_lock(:k)", k=ADVISORY_LOCK)
+        seq, prev = await last_link(tx)
+        for row in rows:
+            seq += 1
+            prev = link(prev, row["body"])
+            row["seq"], row["hash"] = seq, prev
+        await tx.many(INSERT_SQL, rows)
         self.appended += len(rows)
 
     async def record_in(self, tx: Tx, event_name: str, **fields: Any) -> None:
@@ -296,20 +302,16 @@ class AuditTrail:
         record, event_ms = self._build(event_name, fields)
         row = _columns(canonical_bytes(record), record, event_ms)
         try:
-            if self.postgres:
-                await tx.one("SELECT pg_advisory_xact_lock(:k)", k=ADVISORY_LOCK)
-            seq, prev = await last_link(tx)
-            row["seq"], row["hash"] = seq + 1, link(prev, row["body"])
-            await tx.run(INSERT_SQL, **row)
+            await self._link_and_insert(tx, [row])
         except Exception as exc:  # the whole change rolls back with it: fail closed
             log.critical("audit trail unwritable (%s): change refused", type(exc).__name__)
             raise AuditUnavailable("the audit trail is unavailable") from exc
-        self.appended += 1
 
     async def drain_spool(self) -> None:
         """Move spooled records into the trail (a background retry)."""
-        if not self.spool.pending():
+        if not self.spool.pending():  # also finds what another process spooled
             return
+        self._spooled = True
         try:
             await self._commit([])
         except Exception as exc:  # still down: the spool stays for the next try

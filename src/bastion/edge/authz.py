@@ -14,6 +14,7 @@ answer leaves. The decision and principal are left in ``scope["state"]`` for the
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.middleware import Middleware
@@ -75,6 +76,21 @@ def authenticate(verifier: TokenVerifier, audit: AuditTrail) -> Middleware:
                          error_message=err.description or "no bearer token")
 
     return Middleware(BearerAuthMiddleware, verifier=verifier, on_failure=refused)
+
+
+@dataclass(frozen=True)
+class Guard:
+    """The middleware of a protected route: bearer authentication (refusals audited), then
+    ``Authorize``. ``guard("orders:GetOrder", ARN)`` is the route's ``middleware=``."""
+
+    verifier: TokenVerifier
+    iam: Authorizer
+    audit: AuditTrail
+
+    def __call__(self, action: str, resource: str) -> list[Middleware]:
+        return [authenticate(self.verifier, self.audit),
+                Middleware(Authorize, iam=self.iam, audit=self.audit, action=action,
+                           resource=resource)]
 
 
 class Authorize:

@@ -1,6 +1,8 @@
 """Request context: a request id for correlation (``X-Request-Id`` on every response, and in
 every audit record the request causes), the peer address and user agent for the audit trail,
-and the fail-closed answer when the trail cannot record a security decision.
+the fail-closed answer when the trail cannot record a security decision, and the access log
+(method, path without the query string, which may carry codes or state, status, duration,
+request id; never headers or bodies).
 
 The request id is always Bastion's own: a client-sent ``X-Request-Id`` is not trusted (it
 could collide with or forge another request's records)."""
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -17,6 +20,7 @@ from bastion.audit.context import RequestInfo, current_request
 from bastion.audit.trail import AuditUnavailable
 
 log = logging.getLogger("bastion.edge")
+access_log = logging.getLogger("bastion.access")
 MAX_UA = 512
 
 
@@ -40,13 +44,14 @@ class RequestContext:
                            method=scope["method"], path=scope["path"])
         scope.setdefault("state", {})["request_id"] = request_id
         token = current_request.set(info)
-        started = False
+        start = time.perf_counter()
+        status = 0  # 0: no response started
         rid = request_id.encode()
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal started
+            nonlocal status
             if message["type"] == "http.response.start":
-                started = True
+                status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", rid)]
             await send(message)
@@ -54,7 +59,7 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_wrapper)
         except AuditUnavailable:
-            if started:
+            if status:
                 raise
             # fail closed: a security decision that cannot be recorded is not given
             body = json.dumps({"error": "temporarily_unavailable",
@@ -68,3 +73,7 @@ class RequestContext:
             await send_wrapper({"type": "http.response.body", "body": body})
         finally:
             current_request.reset(token)
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info("%s %s %s %d %.1fms %s", info.source_ip or "-",
+                                info.method, info.path[:200], status or 500,
+                                (time.perf_counter() - start) * 1000, request_id)

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from bastion.iam.scheme import principal_arn
 from bastion.identity.clients import ClientInfo
 from bastion.oauth.provider import Provider
-from bastion.store.fast import Row, Tx
+from bastion.store.fast import Reader, Row, Tx
 
 
 def token_hash(token: str) -> str:
@@ -50,7 +50,8 @@ class Subject:
     roles: frozenset[str]
 
 
-async def load_subject(tx: Tx, user_id: str) -> Subject | None:
+async def load_subject(tx: Reader, user_id: str) -> Subject | None:
+    """The user and the roles their tokens carry (own and their groups')."""
     row = await tx.one("SELECT id, username, name, email, roles, disabled FROM users "
                        "WHERE id = :id", id=user_id)
     if row is None:

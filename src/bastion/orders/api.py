@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bastion.audit.trail import AuditTrail
-from bastion.edge.authz import Authorize, authenticate, user_identity
+from bastion.edge.authz import Guard, user_identity
 from bastion.iam.authorizer import Authorizer
 from bastion.store.fast import FastStore, Row
 from bastion.tokens.verify import TokenVerifier, VerifiedToken
@@ -155,13 +155,8 @@ class OrdersAPI:
                             headers={"Location": f"/orders/{order['id']}"})
 
 
-def routes(api: OrdersAPI, verifier: TokenVerifier, iam: Authorizer) -> list[Route]:
+def routes(api: OrdersAPI, guard: Guard) -> list[Route]:
     """The Orders routes, each with the IAM action and resource it is authorized as."""
-    def guard(action: str, resource: str) -> list[Middleware]:
-        return [authenticate(verifier, api.audit),
-                Middleware(Authorize, iam=iam, audit=api.audit, action=action,
-                           resource=resource)]
-
     return [
         Route("/orders", api.list_orders, methods=["GET"],
               middleware=guard("orders:ListOrders", ALL_ORDERS_ARN)),
@@ -177,5 +172,6 @@ def create_orders_app(store: FastStore, verifier: TokenVerifier, iam: Authorizer
     """The Orders API on its own (behind Bastion's edge middleware)."""
     from bastion.edge.request import RequestContext
 
-    return Starlette(routes=routes(OrdersAPI(store, audit, iam.account), verifier, iam),
+    return Starlette(routes=routes(OrdersAPI(store, audit, iam.account),
+                                   Guard(verifier, iam, audit)),
                      middleware=[Middleware(RequestContext)])

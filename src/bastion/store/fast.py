@@ -38,6 +38,13 @@ class Row(Protocol):
 BUSY_DEADLINE = 30.0  # seconds a writer waits for another process's write lock
 
 
+class Reader(Protocol):
+    """Reads: a transaction or the store itself."""
+
+    async def one(self, sql: str, **params: Any) -> Row | None: ...
+    async def all(self, sql: str, **params: Any) -> list[Row]: ...
+
+
 class Tx(Protocol):
     """Statements inside one transaction."""
 
