@@ -1,7 +1,11 @@
 """The IAM admin API over HTTP: policies, attachments, roles and simulation, each route
 authorized by IAM like any other (the ``admin`` role's ``AdministratorAccess`` allows all;
-narrower policies can allow parts, e.g. ``iam:Get*`` for auditors). Errors are IAM's codes
-in ``{"Error": {"Code", "Message"}}`` (plus ``Findings`` for a malformed document).
+narrower policies can allow parts, e.g. ``iam:Get*`` for auditors). Every route also needs
+the OAuth scope ``bastion:admin`` in the token, whatever the policies say: a token an admin
+gave a third-party client for ``openid`` is not an IAM-admin credential. Errors are IAM's
+codes in ``{"Error": {"Code", "Message"}}`` (plus ``Findings`` for a malformed document);
+every refused request is an audit record (the admin layer writes its own, this module the
+ones it refuses first, such as a body that is not JSON).
 
     GET    /admin/iam/policies                              iam:ListPolicies
     POST   /admin/iam/policies          {name, document, description?}   iam:CreatePolicy
@@ -16,18 +20,23 @@ in ``{"Error": {"Code", "Message"}}`` (plus ``Findings`` for a malformed documen
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Scope
 
-from bastion.edge.authz import Guard, user_identity
+from bastion.audit.context import current_request
+from bastion.audit.events import event_type
+from bastion.edge import http
+from bastion.edge.authz import MAX_PARAM, ContextHook, Guard, user_identity
+from bastion.iam import store as iam_store
 from bastion.iam.admin import IamAdmin, IamError
 from bastion.iam.authorizer import Authorizer, Subject
-from bastion.iam.scheme import KINDS, parse_principal_arn
+from bastion.iam.bootstrap import ADMIN_SCOPE
+from bastion.iam.scheme import KINDS, parse_principal_arn, policy_arn, principal_arn, session_arn
 from bastion.identity.clients import CLIENT_SQL, client_from_row
 from bastion.oauth.families import load_subject
 from bastion.store.fast import FastStore
@@ -39,18 +48,10 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 async def _json(request: Request) -> dict[str, Any]:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/json":
-        raise IamError("InvalidInput", "send application/json", status=415)
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise IamError("InvalidInput", "body too large", status=413)
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        raise IamError("InvalidInput", "body is not valid JSON") from None
+        data = await http.read_json(request, MAX_BODY)
+    except http.BodyError as exc:
+        raise IamError("InvalidInput", str(exc), status=exc.status) from None
     if not isinstance(data, dict):
         raise IamError("InvalidInput", "body must be a JSON object")
     return data
@@ -61,6 +62,8 @@ def _str(data: dict[str, Any], key: str) -> str:
     if not isinstance(value, str) or not value:
         raise IamError("InvalidInput", f"{key} must be a non-empty string")
     return value
+
+SIMULATE = "iam:SimulatePrincipalPolicy"
 
 
 class IamAPI:
@@ -74,11 +77,25 @@ class IamAPI:
         state = request.scope["state"]
         return user_identity(state["subject"], state["principal"])
 
-    def _wrap(self, fn: Callable[[Request], Awaitable[Any]], status: int = 200) -> Handler:
+    def _wrap(self, fn: Callable[[Request], Awaitable[Any]], status: int = 200, *,
+              event: str = "AccessDenied") -> Handler:
+        """``event``: the audit event of a refusal this module makes (the catalogue's name
+        for the operation, or the edge's ``AccessDenied`` when it has none)."""
+        try:
+            event_type(event)
+        except ValueError:
+            event = "AccessDenied"
+
         async def endpoint(request: Request) -> Response:
             try:
                 result = await fn(request)
             except IamError as exc:
+                if not exc.audited:
+                    await self.admin.audit.emit(
+                        event, user_identity=self._actor(request),
+                        request_parameters={"method": request.method,
+                                            "path": request.url.path[:512]},
+                        error_code=exc.code, error_message=exc.message[:500])
                 body = exc.to_dict()
                 return JSONResponse({"Error": body}, status_code=exc.status)
             if result is None:
@@ -86,6 +103,34 @@ class IamAPI:
             return JSONResponse(result, status_code=status)
 
         return endpoint
+
+    def condition_keys(self, kind: str, *, policy: bool = False) -> ContextHook:
+        """The condition keys IAM documents for actions on a principal ("Actions, resources,
+        and condition keys for AWS Identity and Access Management"): its tags as
+        ``iam:ResourceTag/*`` and ``aws:ResourceTag/*``, its permissions boundary as
+        ``iam:PermissionsBoundary``, and for ``Attach*``/``Detach*Policy`` the policy as
+        ``iam:PolicyARN``. Without them a ``…IfExists`` condition always holds and the
+        delegation pattern (``ArnEquals iam:PolicyARN``) always fails."""
+        account = self.iam.account
+
+        async def keys(scope: Scope) -> dict[str, Any]:
+            params = scope.get("path_params", {})
+            name = str(params.get("name", ""))[:MAX_PARAM]
+            out: dict[str, Any] = {}
+            row = await self.fast.one("SELECT boundary, tags FROM iam_principals WHERE "
+                                      "kind = :k AND name = :n", k=kind, n=name)
+            if row is not None:
+                if row[0]:
+                    out["iam:PermissionsBoundary"] = policy_arn(row[0], account)
+                tags = iam_store.json_value(row[1]) if row[1] else {}
+                for key, value in (tags.items() if isinstance(tags, dict) else ()):
+                    out[f"iam:ResourceTag/{key}"] = out[f"aws:ResourceTag/{key}"] = str(value)
+            if policy:
+                out["iam:PolicyARN"] = policy_arn(str(params.get("policy", ""))[:MAX_PARAM],
+                                                  account)
+            return out
+
+        return keys
 
     async def list_policies(self, request: Request) -> Any:
         return {"Policies": await self.admin.list_policies()}
@@ -133,10 +178,32 @@ class IamAPI:
         context = data.get("context", {})
         if not isinstance(context, dict):
             raise IamError("InvalidInput", "context must be an object")
-        subject = await stored_subject(self.fast, self.iam.account, _str(data, "principal"))
+        target = _str(data, "principal")
+        await self._may_simulate(request, target)
+        subject = await stored_subject(self.fast, self.iam.account, target)
         _, decision = await self.iam.decide(subject, _str(data, "action"),
                                             _str(data, "resource"), extra=context)
         return decision.to_dict()
+
+    async def _may_simulate(self, request: Request, target: str) -> None:
+        """AWS authorizes ``SimulatePrincipalPolicy`` on the simulated principal
+        (``PolicySourceArn``): the edge has checked the account-wide ARN, this checks the
+        principal's own, before anything about it (even whether it exists) is read."""
+        ref = parse_principal_arn(target, self.iam.account)
+        if ref is None:
+            raise IamError("InvalidInput",
+                           f"not a principal ARN of account {self.iam.account}: {target}")
+        arn = (session_arn(ref.name, ref.session, self.iam.account) if ref.session
+               else principal_arn(ref.kind, ref.name, self.iam.account))
+        state = request.scope.get("state", {})
+        info = current_request.get()
+        principal, decision = await self.iam.decide(
+            state["subject"], SIMULATE, arn, source_ip=info.source_ip if info else None,
+            secure=info.secure if info else request.url.scheme == "https")
+        if not decision.allowed:
+            who = principal.arn if principal is not None else "the caller"
+            raise IamError("AccessDenied", f"{who} is not authorized to perform: {SIMULATE} "
+                           f"on resource: {arn} because {decision.reason}", status=403)
 
 
 async def stored_subject(fast: FastStore, account: str, arn: str) -> Subject:
@@ -162,19 +229,25 @@ async def stored_subject(fast: FastStore, account: str, arn: str) -> Subject:
 
 def routes(api: IamAPI, guard: Guard) -> list[Route]:
     policy = POLICY_ARN.replace("{name}", "*")
+
+    def route(path: str, fn: Callable[[Request], Awaitable[Any]], method: str, action: str,
+              resource: str, status: int = 200, context: ContextHook | None = None) -> Route:
+        return Route(path, api._wrap(fn, status, event=action.split(":", 1)[1]),
+                     methods=[method],
+                     middleware=guard(action, resource, scope=ADMIN_SCOPE, context=context))
+
     out = [
-        Route("/admin/iam/policies", api._wrap(api.list_policies), methods=["GET"],
-              middleware=guard("iam:ListPolicies", policy)),
-        Route("/admin/iam/policies", api._wrap(api.create_policy, 201), methods=["POST"],
-              middleware=guard("iam:CreatePolicy", policy)),
-        Route("/admin/iam/policies/{name}", api._wrap(api.get_policy), methods=["GET"],
-              middleware=guard("iam:GetPolicy", POLICY_ARN)),
-        Route("/admin/iam/policies/{name}", api._wrap(api.update_policy), methods=["PUT"],
-              middleware=guard("iam:CreatePolicyVersion", POLICY_ARN)),
-        Route("/admin/iam/policies/{name}", api._wrap(api.delete_policy), methods=["DELETE"],
-              middleware=guard("iam:DeletePolicy", POLICY_ARN)),
-        Route("/admin/iam/simulate", api._wrap(api.simulate), methods=["POST"],
-              middleware=guard("iam:SimulatePrincipalPolicy", "arn:bastion:iam::{account}:*")),
+        route("/admin/iam/policies", api.list_policies, "GET", "iam:ListPolicies", policy),
+        route("/admin/iam/policies", api.create_policy, "POST", "iam:CreatePolicy", policy,
+              201),
+        route("/admin/iam/policies/{name}", api.get_policy, "GET", "iam:GetPolicy",
+              POLICY_ARN),
+        route("/admin/iam/policies/{name}", api.update_policy, "PUT",
+              "iam:CreatePolicyVersion", POLICY_ARN),
+        route("/admin/iam/policies/{name}", api.delete_policy, "DELETE", "iam:DeletePolicy",
+              POLICY_ARN),
+        route("/admin/iam/simulate", api.simulate, "POST", SIMULATE,
+              "arn:bastion:iam::{account}:*"),
     ]
     for kind in KINDS:
         title = kind.capitalize()
@@ -188,13 +261,13 @@ def routes(api: IamAPI, guard: Guard) -> list[Route]:
             return call
 
         out += [
-            Route(f"/admin/iam/{kind}s/{{name}}", api._wrap(with_kind(api.get_principal)),
-                  methods=["GET"], middleware=guard(f"iam:Get{title}", arn)),
-            Route(f"/admin/iam/{kind}s/{{name}}/policies/{{policy}}",
-                  api._wrap(with_kind(api.attach)), methods=["POST"],
-                  middleware=guard(f"iam:Attach{title}Policy", arn)),
-            Route(f"/admin/iam/{kind}s/{{name}}/policies/{{policy}}",
-                  api._wrap(with_kind(api.detach)), methods=["DELETE"],
-                  middleware=guard(f"iam:Detach{title}Policy", arn)),
+            route(f"/admin/iam/{kind}s/{{name}}", with_kind(api.get_principal), "GET",
+                  f"iam:Get{title}", arn, context=api.condition_keys(kind)),
+            route(f"/admin/iam/{kind}s/{{name}}/policies/{{policy}}", with_kind(api.attach),
+                  "POST", f"iam:Attach{title}Policy", arn,
+                  context=api.condition_keys(kind, policy=True)),
+            route(f"/admin/iam/{kind}s/{{name}}/policies/{{policy}}", with_kind(api.detach),
+                  "DELETE", f"iam:Detach{title}Policy", arn,
+                  context=api.condition_keys(kind, policy=True)),
         ]
     return out

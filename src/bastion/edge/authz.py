@@ -14,6 +14,7 @@ answer leaves. The decision and principal are left in ``scope["state"]`` for the
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,13 +23,18 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bastion.audit.context import current_request
 from bastion.audit.trail import AuditTrail
+from bastion.iam import Decision
 from bastion.iam.authorizer import Authorizer, Principal, Subject
 from bastion.iam.scheme import parse_principal_arn
+from bastion.store.fast import FastStore
 from bastion.tokens.errors import BearerError
 from bastion.tokens.starlette import BearerAuthMiddleware
 from bastion.tokens.verify import TokenVerifier, VerifiedToken
 
 MAX_PARAM = 256
+# the condition keys a route's action fills from its request (path parameters, stored state)
+ContextHook = Callable[[Scope], Awaitable[dict[str, Any]]]
+SESSION_PARENTS_CLAIM = "sts_parents"  # the jti of every token an STS session descends from
 MFA_METHODS = frozenset({"otp", "mfa", "hwk", "swk", "sms"})
 
 
@@ -87,17 +93,21 @@ class Guard:
     iam: Authorizer
     audit: AuditTrail
 
-    def __call__(self, action: str, resource: str) -> list[Middleware]:
+    def __call__(self, action: str, resource: str, *, scope: str | None = None,
+                 context: ContextHook | None = None) -> list[Middleware]:
         return [authenticate(self.verifier, self.audit),
                 Middleware(Authorize, iam=self.iam, audit=self.audit, action=action,
-                           resource=resource)]
+                           resource=resource, scope=scope, context=context)]
 
 
 class Authorize:
     def __init__(self, app: ASGIApp, *, iam: Authorizer, audit: AuditTrail, action: str,
-                 resource: str, audit_allowed: bool = False) -> None:
+                 resource: str, audit_allowed: bool = False,
+                 scope: str | None = None, context: ContextHook | None = None) -> None:
         if ":" not in action or not resource.startswith("arn:"):
             raise ValueError("action must be service:Action and resource an ARN template")
+        self.scope = scope  # an OAuth scope the token must carry, whatever IAM allows
+        self.context = context  # the action's own condition keys (e.g. iam:PolicyARN)
         self.app = app
         self.iam = iam
         self.audit = audit
@@ -118,11 +128,31 @@ class Authorize:
         if not isinstance(token, VerifiedToken):  # pragma: no cover - bearer runs first
             raise RuntimeError("Authorize needs BearerAuthMiddleware before it")
         subject = subject_of(token, self.iam.account)
+        if await self._parent_revoked(token):
+            await self.audit.emit("Authenticate", user_identity=user_identity(subject, None),
+                                  error_code="invalid_token",
+                                  error_message="a parent of the session was revoked")
+            await _send_json(send, 401, {"error": "invalid_token",
+                                         "error_description": "the token was revoked"},
+                             'Bearer realm="bastion", error="invalid_token"')
+            return
         resource = self.resource_arn(scope)
         req = current_request.get()
-        principal, decision = await self.iam.decide(
-            subject, self.action, resource, source_ip=req.source_ip if req else None,
-            secure=req.secure if req else scope.get("scheme") == "https")
+        # refusals that need no policy come first: the condition-key hook and the policy
+        # lookups never see a request the scope gate or the name check refuses
+        refusal = None
+        if self.scope is not None and self.scope not in token.scopes:
+            refusal = f"the token lacks the scope {self.scope}"
+        elif not all(_clean_param(v) for v in scope.get("path_params", {}).values()):
+            refusal = "a name in the request path is malformed"
+        if refusal is not None:
+            principal = await self.iam.principal(subject)
+            decision = Decision("implicitDeny", (), refusal)
+        else:
+            extra = await self.context(scope) if self.context is not None else None
+            principal, decision = await self.iam.decide(
+                subject, self.action, resource, source_ip=req.source_ip if req else None,
+                secure=req.secure if req else scope.get("scheme") == "https", extra=extra)
         state["principal"], state["decision"], state["subject"] = principal, decision, subject
         if decision.allowed:
             if self.audit_allowed:
@@ -140,12 +170,47 @@ class Authorize:
                               resources=[{"ARN": resource}], error_code="AccessDenied",
                               error_message=message,
                               additional={"decision": decision.to_dict()})
-        body = json.dumps({"error": "insufficient_scope", "error_description": message,
-                           "request_id": state.get("request_id")}).encode()
-        challenge = 'Bearer realm="bastion", error="insufficient_scope"'
-        await send({"type": "http.response.start", "status": 403,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                                (b"cache-control", b"no-store"),
-                                (b"www-authenticate", challenge.encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await _send_json(send, 403, {"error": "insufficient_scope",
+                                     "error_description": message,
+                                     "request_id": state.get("request_id")},
+                         'Bearer realm="bastion", error="insufficient_scope"')
+
+    async def _parent_revoked(self, token: VerifiedToken) -> bool:
+        """An STS session dies with every token it descends from (``sts_parents`` lists them). The
+        database's record is read: the session is as revoked as its parent, at once.
+        Malformed lists fail closed."""
+        parents = token.claims.get(SESSION_PARENTS_CLAIM)
+        if parents is None:
+            return False
+        if not isinstance(parents, list) or not parents or len(parents) > 16 \
+                or not all(isinstance(j, str) for j in parents):
+            return True
+        return await any_revoked(self.iam.store, parents)
+
+
+def _clean_param(value: object) -> bool:
+    """A path parameter fit to name something: printable text (no NUL, no control
+    characters). Longer ones are cut at ``MAX_PARAM`` in the ARN and refused by the
+    endpoint's own grammar."""
+    return str(value).isprintable()
+
+
+async def any_revoked(store: FastStore, jtis: list[str]) -> bool:
+    """Whether the database records the revocation of any of ``jtis``."""
+    if not jtis:
+        return False
+    names = {f"j{i}": jti for i, jti in enumerate(jtis)}
+    marks = ", ".join(f":{k}" for k in names)
+    row = await store.one(f"SELECT 1 FROM revoked_tokens WHERE jti IN ({marks})",  # noqa: S608
+                          **names)
+    return row is not None
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any], challenge: str) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(data)).encode()),
+                            (b"cache-control", b"no-store"),
+                            (b"www-authenticate", challenge.encode())]})
+    await send({"type": "http.response.body", "body": data})

@@ -51,6 +51,7 @@ class IamError(Exception):
         self.message = message
         self.findings = findings or []
         self.status = status
+        self.audited = False  # set once the refusal is an audit record
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"Code": self.code, "Message": self.message}
@@ -96,6 +97,7 @@ class IamAdmin:
         await self.audit.emit(event, user_identity=actor, request_parameters=params,
                               resources=resources, error_code=error.code,
                               error_message=error.message)
+        error.audited = True
 
     async def _require(self, tx: Tx, kind: Kind, name: str) -> None:
         if await tx.one(_EXISTS_SQL[kind], name=name) is None:

@@ -23,8 +23,8 @@ import functools
 import re
 from dataclasses import dataclass
 
-ACCOUNT_RE = re.compile(r"^\d{12}$")
-_PARTITION_RE = re.compile(r"^[a-z0-9-]+$")
+ACCOUNT_RE = re.compile(r"[0-9]{12}")
+_PARTITION_RE = re.compile(r"[a-z0-9-]+")
 
 
 def split_arn(text: str) -> list[str] | None:
@@ -50,13 +50,13 @@ def arn_problem(text: str, *, wildcards: bool) -> str | None:
     def dynamic(component: str) -> bool:
         return "${" in component or (wildcards and ("*" in component or "?" in component))
 
-    if not partition or not (dynamic(partition) or _PARTITION_RE.match(partition)):
+    if not partition or not (dynamic(partition) or _PARTITION_RE.fullmatch(partition)):
         return "invalid partition"
     if not service:
         return "missing service"
-    if not dynamic(service) and not re.match(r"^[a-z0-9-]+$", service):
+    if not dynamic(service) and not re.fullmatch(r"[a-z0-9-]+", service):
         return "invalid service"
-    if account and not dynamic(account) and not (ACCOUNT_RE.match(account) or account == "aws"):
+    if account and not dynamic(account) and not (ACCOUNT_RE.fullmatch(account) or account == "aws"):
         return "the account must be a 12-digit account ID"
     if not resource:
         return "missing resource"

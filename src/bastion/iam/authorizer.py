@@ -4,7 +4,9 @@ its token carries, boundary, session policy), compile them once, cache them, eva
 The cache is keyed by the principal and the roles/session policy its credentials carry. An
 IAM change made by this process drops it at once; changes made elsewhere (the CLI, other
 instances) are seen through the generation counter, read at most every ``cache_ttl``
-seconds. Anything that cannot be loaded or compiled denies (fail closed).
+seconds. Anything that cannot be loaded or compiled denies (fail closed). Every cache is a
+bounded LRU: a caller asking for many distinct ARNs (or holding many distinct tokens)
+evicts the least recently used entries, never everyone's at once.
 """
 
 from __future__ import annotations
@@ -15,12 +17,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from cachetools import LRUCache
+
 from bastion.iam import Decision, Policy, PolicySet, Request, evaluate, parse_policy
 from bastion.iam import store as iam_store
 from bastion.iam.scheme import Kind, principal_arn, session_arn
 from bastion.store.fast import FastStore
 
 log = logging.getLogger("bastion.iam")
+PRINCIPALS_CACHED = 20_000
+RESOURCE_POLICIES_CACHED = 50_000  # per resource ARN, "none stored" included
+RESOURCE_POLICIES_PARSED = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +64,14 @@ class Authorizer:
     store: FastStore
     account: str
     cache_ttl: float = 2.0
-    _cache: dict[Subject, Principal | None] = field(default_factory=dict)
+    _cache: LRUCache[Subject, Principal | None] = field(
+        default_factory=lambda: LRUCache(maxsize=PRINCIPALS_CACHED))
     _generation: int = -1
     _checked_at: float = 0.0
-    _resource_policies: dict[tuple[str, str], Policy] = field(default_factory=dict)
-    _stored_resource_policies: dict[str, str | None] = field(default_factory=dict)
+    _resource_policies: LRUCache[tuple[str, str], Policy] = field(
+        default_factory=lambda: LRUCache(maxsize=RESOURCE_POLICIES_PARSED))
+    _stored_resource_policies: LRUCache[str, str | None] = field(
+        default_factory=lambda: LRUCache(maxsize=RESOURCE_POLICIES_CACHED))
 
     def invalidate(self) -> None:
         self._cache.clear()
@@ -85,25 +95,26 @@ class Authorizer:
         if len(resource_arn) > 512 or not resource_arn.isprintable():
             return None  # no stored policy can be on it (put_resource_policy refuses those)
         await self._fresh()
-        if resource_arn not in self._stored_resource_policies:
-            if len(self._stored_resource_policies) > 50_000:
-                self._stored_resource_policies.clear()
-            self._stored_resource_policies[resource_arn] = await iam_store.resource_policy(
-                self.store, resource_arn)
-        return self._stored_resource_policies[resource_arn]
+        try:
+            return self._stored_resource_policies[resource_arn]
+        except KeyError:
+            pass
+        stored = await iam_store.resource_policy(self.store, resource_arn)
+        self._stored_resource_policies[resource_arn] = stored
+        return stored
 
     async def principal(self, subject: Subject) -> Principal | None:
         """The resolved principal, or None when it does not exist (or is disabled)."""
         await self._fresh()
-        if subject in self._cache:
+        try:
             return self._cache[subject]
+        except KeyError:
+            pass
         try:
             resolved = await self._load(subject)
         except ValueError:  # a stored policy no longer compiles: deny, loudly
             log.exception("IAM policies of %s %s do not compile", subject.kind, subject.key)
             resolved = None
-        if len(self._cache) > 50_000:
-            self._cache.clear()
         self._cache[subject] = resolved
         return resolved
 
@@ -140,8 +151,6 @@ class Authorizer:
         hit = self._resource_policies.get((text, resource))
         if hit is None:
             hit = parse_policy(text, kind="resource", policy_id=resource)
-            if len(self._resource_policies) > 1000:
-                self._resource_policies.clear()
             self._resource_policies[(text, resource)] = hit
         return hit
 

@@ -12,6 +12,15 @@ Order, as "How AWS enforcement code logic evaluates requests to allow or deny ac
    permissions boundary or the session policy ("Permissions boundaries for IAM entities ›
    Resource-based policies"). An allow that reaches the requester through the role ARN, the
    account, ``"*"`` or ``NotPrincipal`` is limited by them, like an identity-based allow.
+   **Role trust policies** (a ``resource_policy`` of kind ``trust``, for ``sts:AssumeRole``)
+   follow "IAM roles › Role trust policy" and "Cross-account policy evaluation logic": the trust
+   policy must allow (Principal, Action and Condition all matching); an identity-based allow
+   alone never assumes a role. A statement that names the caller's own ARN (user or session)
+   needs nothing more and is not limited by boundary or session policy; one that names the
+   caller's role (a session assuming another role) is limited by them; one that trusts the
+   account (``root``, the account ID, ``"*"``) or uses ``NotPrincipal`` only *delegates* to
+   the account's identity-based policies, which must then allow ``sts:AssumeRole`` on the role
+   too (and are limited by boundary and session policy like any identity-based allow).
 3. **Permissions boundary** (when given): must also allow (intersection).
 4. **Session policy** (when given): must also allow (intersection).
 5. Otherwise ``implicitDeny``; ``reason`` names the gate that failed.
@@ -52,6 +61,7 @@ from bastion.iam.context import RequestState
 from bastion.iam.decision import Decision, MatchedStatement, Source
 from bastion.iam.policy import Policy, Statement
 from bastion.iam.policyset import PolicySet
+from bastion.iam.principal import Reach
 from bastion.iam.request import Request
 
 Tri = bool | None
@@ -64,6 +74,10 @@ NO_ALLOW = Decision("implicitDeny", (), "no identity-based or resource-based pol
                     "action")
 NO_BOUNDARY = Decision("implicitDeny", (), "the permissions boundary does not allow the action")
 NO_SESSION = Decision("implicitDeny", (), "the session policy does not allow the action")
+NO_TRUST = Decision("implicitDeny", (), "the role's trust policy does not allow the principal "
+                   "to perform the action")
+TRUST_DELEGATES = Decision("implicitDeny", (), "the role's trust policy trusts the account: no "
+                           "identity-based policy allows the action")
 CROSS_NO_RESOURCE = Decision("implicitDeny", (), "cross-account request: the resource-based "
                              "policy does not allow it")
 CROSS_NO_IDENTITY = Decision("implicitDeny", (), "cross-account request: no identity-based "
@@ -116,22 +130,26 @@ def _collect(selection: Selection, state: RequestState, source: Source,
     return out
 
 
-def _resource_match(st: Statement, state: RequestState, has_boundary: bool) -> tuple[Tri, bool]:
-    """(match, direct) of a resource-based statement: Principal first, then the rest."""
+def _resource_match(st: Statement, state: RequestState,
+                    has_boundary: bool) -> tuple[Tri, Reach | None]:
+    """(match, reach) of a resource-based statement: Principal first, then the rest.
+    ``reach`` says how the Principal element names the requester (``NotPrincipal``: as
+    broadly as an account)."""
     spec = st.principal
     if spec is None:  # an identity-kind policy in the resource position
-        return None, False
+        return None, None
+    reach: Reach | None
     try:
         if st.not_principal:
-            direct = False
             applies = True if (st.is_deny and has_boundary) else spec.excludes(state.identity)
+            reach = "account" if applies else None
         else:
-            applies, direct = spec.match(state.identity)
+            reach = spec.reach(state.identity)
     except Exception:
-        return None, False
-    if not applies:
-        return False, False
-    return _match(st, state), direct
+        return None, None
+    if reach is None:
+        return False, None
+    return _match(st, state), reach
 
 
 def _account(arn: str) -> str:
@@ -191,10 +209,17 @@ def _evaluate(request: Request, identity: PolicySet, resource_policy: Policy | N
     granted = _collect(id_allow, state, "identity", False) if id_allow else []
     direct: list[MatchedStatement] = []
     indirect: list[MatchedStatement] = []
+    via_role = False
     for st in r_allow:
-        applies, is_direct = _resource_match(st, state, False)
+        applies, reach = _resource_match(st, state, False)
         if applies is True:
-            (direct if is_direct else indirect).append(st.matched["resource"])
+            (direct if reach == "direct" else indirect).append(st.matched["resource"])
+            via_role = via_role or reach == "role"
+    if resource_policy is not None and resource_policy.kind == "trust":
+        if not (direct or indirect):
+            return NO_TRUST
+        if not (direct or via_role or granted):  # account-wide trust only delegates
+            return TRUST_DELEGATES
     if not (granted or direct or indirect):
         return NO_ALLOW
     cross = _is_cross_account(state)

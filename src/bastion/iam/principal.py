@@ -28,11 +28,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 from bastion.iam.arn import ACCOUNT_RE, Identity, arn_problem, role_name, split_arn
 
 PRINCIPAL_TYPES = ("AWS", "Service", "Federated", "CanonicalUser")
-_SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
+_SERVICE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
+Reach = Literal["direct", "role", "account"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,17 +46,24 @@ class PrincipalSpec:
 
     def match(self, ident: Identity) -> tuple[bool, bool]:
         """``(matched, direct)`` for the ``Principal`` element."""
+        reach = self.reach(ident)
+        return reach is not None, reach == "direct"
+
+    def reach(self, ident: Identity) -> Reach | None:
+        """How the ``Principal`` element reaches the requester, or None when it does not:
+        ``direct`` (its own ARN), ``role`` (the role of a session), ``account`` (its account,
+        or everyone)."""
         if ident.principal in self.exact:
-            return True, True
+            return "direct"
         if ident.role_arn and ident.role_arn in self.roles:
-            return True, False
+            return "role"
         if ident.account and (
             ident.account in self.accounts or f"{ident.partition}:{ident.account}" in self.accounts
         ):
-            return True, False
+            return "account"
         if self.anyone:
-            return True, False
-        return False, False
+            return "account"
+        return None
 
     def covers(self, name: str, ident: Identity) -> bool:
         """Whether ``NotPrincipal`` lists ``name`` (one entry of ``ident.chain()``)."""
@@ -94,7 +103,7 @@ def compile_principal(element: object) -> PrincipalSpec:
                     exact.add(entry)
                 elif entry == "*":
                     anyone = True
-                elif ACCOUNT_RE.match(entry):
+                elif ACCOUNT_RE.fullmatch(entry):
                     accounts.add(entry)
                 else:
                     _add_arn(entry, exact, accounts, roles)
@@ -147,7 +156,7 @@ def principal_problems(element: object) -> Iterable[tuple[str, str, str]]:
 
 def _entry_problem(ptype: str, entry: str) -> str | None:
     if ptype == "AWS":
-        if entry == "*" or ACCOUNT_RE.match(entry):
+        if entry == "*" or ACCOUNT_RE.fullmatch(entry):
             return None
         if "*" in entry or "?" in entry:
             return "wildcards are not allowed in a principal (only the whole value '*')"
@@ -157,7 +166,7 @@ def _entry_problem(ptype: str, entry: str) -> str | None:
         parts = split_arn(entry)
         assert parts is not None
         service, account, resource = parts[2], parts[4], parts[5]
-        if not ACCOUNT_RE.match(account):
+        if not ACCOUNT_RE.fullmatch(account):
             return "a principal ARN needs a 12-digit account ID"
         kind, _, rest = resource.partition("/")
         if service == "iam" and resource == "root":
@@ -173,6 +182,6 @@ def _entry_problem(ptype: str, entry: str) -> str | None:
         return "not a user, role, client, root, assumed-role or federated-user ARN"
     if not entry.strip() or entry != entry.strip() or "*" in entry or "?" in entry:
         return f"invalid {ptype} principal"
-    if ptype == "Service" and not _SERVICE_RE.match(entry):
+    if ptype == "Service" and not _SERVICE_RE.fullmatch(entry):
         return "a service principal looks like 'orders.bastion' or 'ec2.amazonaws.com'"
     return None

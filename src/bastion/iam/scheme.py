@@ -21,9 +21,11 @@ from typing import Literal
 PARTITION = "bastion"
 Kind = Literal["user", "group", "role", "client"]
 KINDS: tuple[Kind, ...] = ("user", "group", "role", "client")
-NAME_RE = re.compile(r"[\w+=,.@:-]{1,128}")
-POLICY_NAME_RE = re.compile(r"[\w+=,.@-]{1,128}")
-SESSION_NAME_RE = re.compile(r"[\w+=,.@-]{2,64}")
+# ASCII only, as IAM: ``\w`` would also accept lookalikes ("ＡdministratorΑccess") and
+# other scripts' digits. Use with ``fullmatch`` (``$`` lets a trailing newline through).
+NAME_RE = re.compile(r"[\w+=,.@:-]{1,128}", re.ASCII)
+POLICY_NAME_RE = re.compile(r"[\w+=,.@-]{1,128}", re.ASCII)
+SESSION_NAME_RE = re.compile(r"[\w+=,.@-]{2,64}", re.ASCII)
 
 
 def arn(service: str, account: str, resource: str, region: str = "") -> str:
@@ -52,9 +54,12 @@ class PrincipalRef:
 
 
 def parse_principal_arn(value: str, account: str) -> PrincipalRef | None:
-    """The principal an ARN of this account names, or None."""
+    """The principal an ARN of this account names, or None. IAM and STS ARNs are global:
+    an ARN with a region names nothing (so one principal has exactly one spelling, and a
+    policy naming its canonical ARN cannot be dodged by another)."""
     parts = value.split(":", 5)
-    if len(parts) != 6 or parts[0] != "arn" or parts[1] != PARTITION or parts[4] != account:
+    if (len(parts) != 6 or parts[0] != "arn" or parts[1] != PARTITION or parts[3] != ""
+            or parts[4] != account):
         return None
     service, resource = parts[2], parts[5]
     if service == "sts" and resource.startswith("assumed-role/"):

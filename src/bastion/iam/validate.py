@@ -48,9 +48,9 @@ STATEMENT_KEYS = (
     "Sid", "Effect", "Action", "NotAction", "Resource", "NotResource",
     "Principal", "NotPrincipal", "Condition",
 )
-_ACTION_RE = re.compile(r"^(\*|[A-Za-z0-9*?-]+:[A-Za-z0-9*?_.-]+)$")
-_SID_RE = re.compile(r"^[A-Za-z0-9]*$")
-_CONDITION_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]+:[^${}]+$")
+_ACTION_RE = re.compile(r"\*|[A-Za-z0-9*?-]+:[A-Za-z0-9*?_.-]+")
+_SID_RE = re.compile(r"[A-Za-z0-9]*")
+_CONDITION_KEY_RE = re.compile(r"[A-Za-z0-9_.-]+:[^${}\n]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +235,7 @@ class _Validator:
         if not isinstance(sid, str):
             self.add("ERROR", "INVALID_TYPE", "Sid must be a string", sub)
             return
-        if self.kind in ("identity", "boundary", "session") and not _SID_RE.match(sid):
+        if self.kind in ("identity", "boundary", "session") and not _SID_RE.fullmatch(sid):
             self.add("ERROR", "INVALID_SID", "in IAM policies a Sid holds only A-Z, a-z, 0-9",
                      sub)
         if sid:
@@ -278,7 +278,7 @@ class _Validator:
                 if "${" in action:
                     self.add("ERROR", "INVALID_ACTION", "policy variables are not allowed in "
                              "Action", sub)
-                elif not _ACTION_RE.match(action):
+                elif not _ACTION_RE.fullmatch(action):
                     self.add("ERROR", "INVALID_ACTION",
                              f"{action!r} is not '*' or 'service:Action' (letters, digits, "
                              "'-', '_', '.', '*', '?')", sub)
@@ -373,7 +373,7 @@ class _Validator:
                 self.condition_values(op_name, values, _join(op_path, key))
 
     def condition_key(self, key: str, family: str, qualifier: str | None, path: str) -> None:
-        if not _CONDITION_KEY_RE.match(key):
+        if not _CONDITION_KEY_RE.fullmatch(key):
             self.add("ERROR", "INVALID_CONDITION_KEY",
                      f"{key!r} is not a condition key such as 'aws:SourceIp'", path)
             return

@@ -21,8 +21,8 @@ from bastion.iam.context import as_text
 
 _MAX_SCALAR_TEXT = 256
 
-_NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d{1,4})?$")
-_EPOCH_RE = re.compile(r"^-?\d{1,12}(\.\d{1,9})?$")
+_NUMBER_RE = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d{1,4})?", re.ASCII)
+_EPOCH_RE = re.compile(r"-?\d{1,12}(\.\d{1,9})?", re.ASCII)
 
 
 def parse_number(raw: object) -> Decimal:
@@ -34,7 +34,7 @@ def parse_number(raw: object) -> Decimal:
         if not math.isfinite(raw):
             raise ValueError("not a finite number")
         return Decimal(repr(raw))
-    if isinstance(raw, str) and len(raw) <= _MAX_SCALAR_TEXT and _NUMBER_RE.match(raw):
+    if isinstance(raw, str) and len(raw) <= _MAX_SCALAR_TEXT and _NUMBER_RE.fullmatch(raw):
         return Decimal(raw)
     raise ValueError("not a number")
 
@@ -59,7 +59,7 @@ def parse_date(raw: object) -> float:
 def _parse_date_text(raw: str) -> float:
     if len(raw) > 64:
         raise ValueError("not a date")
-    if _EPOCH_RE.match(raw):
+    if _EPOCH_RE.fullmatch(raw):
         return float(raw)
     stamp = datetime.fromisoformat(raw)  # raises ValueError
     if stamp.tzinfo is None:

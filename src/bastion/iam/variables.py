@@ -46,7 +46,7 @@ def check_variable_syntax(text: str) -> str | None:
     for body in _VARIABLE.findall(text):
         if body.strip() in _SPECIAL:
             continue
-        if not _INNER.match(body):
+        if not _INNER.fullmatch(body):
             return f"malformed policy variable ${{{body}}}"
     rest = _VARIABLE.sub("", text)
     if "${" in rest:
@@ -77,7 +77,7 @@ def parse(text: str, *, variables: bool, wildcards: bool) -> list[Piece]:
         if stripped in _SPECIAL:
             var: Piece = _SPECIAL[stripped]
         else:
-            inner = _INNER.match(body)
+            inner = _INNER.fullmatch(body)
             if inner is None:
                 continue
             var = Var(inner.group(1).lower(), inner.group(2))

@@ -3,137 +3,218 @@ asks for short-lived credentials (an access token) of a role.
 
     POST /sts   Action=AssumeRole&RoleArn=…&RoleSessionName=…[&DurationSeconds=…][&Policy=…]
 
-Allowed as AWS allows it within one account: the role's trust policy must allow
-``sts:AssumeRole`` for the caller, and nothing may deny it explicitly. A trust policy that
-names the caller's ARN is enough on its own; one that trusts the whole account (``root``,
-an account id or ``*``) delegates to the caller's identity policies, which must then allow
-``sts:AssumeRole`` on the role too. The token's ``sub`` is the session ARN
-(``arn:bastion:sts::<acct>:assumed-role/<role>/<session>``); it carries the session policy
-(``Policy``), which intersects with the role's policies, and ``act`` (RFC 8693 §4.1) names
-the caller. Errors are AWS STS's codes in a JSON body.
+Decided by one evaluation (:func:`bastion.iam.evaluate` with the trust policy as the
+resource policy), with the rules AWS applies within one account: a trust statement counts only
+when its Principal, Action *and* Condition all match; one naming the caller's own ARN is
+enough on its own; one naming the caller's role (role chaining) is limited by the caller's
+permissions boundary and session policy; one trusting the whole account (``root``, the
+account ID, ``*``) delegates to the caller's identity-based policies, which must then allow
+``sts:AssumeRole`` on the role too; an explicit deny anywhere refuses.
+
+The token's ``sub`` is the session ARN (``arn:bastion:sts::<acct>:assumed-role/<role>/<s>``);
+it carries the session policy (``Policy``), which intersects with the role's policies, the
+caller's ``amr`` (so ``aws:MultiFactorAuthPresent`` survives chaining) and ``act`` (RFC 8693
+§4.1, nested for chained sessions). Its lifetime never exceeds ``DurationSeconds``, the
+parent token's remaining lifetime, nor ``Settings.max_jwt_ttl`` (how long a retired signing
+key stays published). It joins the token family of the token that minted it (a session
+minted from a session inherits the family), so revoking or logging out the grant denies it,
+and it lists its ancestors' ``jti`` (``sts_parents``) so that revoking any of them denies
+it too. Every answer, refusals included, is an ``AssumeRole`` audit record; errors are AWS
+STS's codes in a JSON body.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from bastion.edge.authz import subject_of, user_identity
-from bastion.iam import PolicyError, PolicySet, evaluate, parse_policy, validate_policy
+from bastion.edge.authz import SESSION_PARENTS_CLAIM, any_revoked, subject_of, user_identity
+from bastion.iam import Decision, PolicyError, evaluate, parse_policy, validate_policy
 from bastion.iam import Request as IamRequest
+from bastion.iam.authorizer import Principal, Subject
 from bastion.iam.scheme import SESSION_NAME_RE, parse_principal_arn, principal_arn, session_arn
 from bastion.iam.store import ROLE_SQL
+from bastion.oauth.errors import OAuthError
+from bastion.oauth.params import form_params
 from bastion.oauth.provider import Provider
 from bastion.tokens.verify import VerifiedToken
 
 ACTION = "sts:AssumeRole"
 MAX_SESSION_POLICY = 2048
+MAX_CHAIN = 8  # sessions minted from sessions: at most this many ancestors
+PARENTS_CLAIM = SESSION_PARENTS_CLAIM
+_DURATION_RE = re.compile(r"[0-9]{1,6}")  # ASCII digits only (int() takes any script's)
 
 
-def _error(code: str, message: str, status: int = 400) -> JSONResponse:
-    return JSONResponse({"Error": {"Code": code, "Message": message}}, status_code=status,
-                        headers={"Cache-Control": "no-store"})
+class StsError(Exception):
+    """An STS error answer: AWS's ``Code`` and a message safe to show the caller."""
+
+    def __init__(self, code: str, message: str, status: int = 400, *,
+                 audit: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.audit = audit  # the audit record's message when it says more than the client's
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"Error": {"Code": self.code, "Message": self.message}},
+                            status_code=self.status, headers={"Cache-Control": "no-store"})
 
 
-def _names_caller(trust: dict[str, Any], arns: set[str]) -> bool:
-    """Whether an Allow statement of the trust policy names one of ``arns`` itself."""
-    statements = trust.get("Statement", [])
-    for st in statements if isinstance(statements, list) else [statements]:
-        if not isinstance(st, dict) or st.get("Effect") != "Allow":
-            continue
-        principal = st.get("Principal")
-        values = principal.get("AWS", []) if isinstance(principal, dict) else []
-        values = [values] if isinstance(values, str) else values
-        if any(v in arns for v in values if isinstance(v, str)):
-            return True
-    return False
+@dataclass
+class _Call:
+    """What the audit record of this call says, filled in as the request is read."""
+
+    actor: dict[str, Any]
+    params: dict[str, Any] = field(default_factory=dict)
+    role_arn: str | None = None
+
+
+def _param(value: str, limit: int = 256) -> str:
+    return value[:limit]
 
 
 async def assume_role_endpoint(provider: Provider, request: Request) -> Response:
     token = request.scope.get("state", {}).get("token")
     if not isinstance(token, VerifiedToken):  # pragma: no cover - bearer runs first
-        return _error("AccessDenied", "not authenticated", 401)
-    form = await request.form()
-    params = {k: v for k, v in form.items() if isinstance(v, str)}
-    if params.get("Action") != "AssumeRole":
-        return _error("InvalidAction", "Action must be AssumeRole")
+        return StsError("AccessDenied", "not authenticated", 401).response()
+    subject = subject_of(token, provider.settings.account_id)
+    call = _Call(user_identity(subject, None))
+    try:
+        return await _assume_role(provider, request, token, call)
+    except StsError as exc:
+        await provider.audit.emit(
+            "AssumeRole", user_identity=call.actor, request_parameters=call.params,
+            resources=[{"ARN": call.role_arn}] if call.role_arn else (),
+            error_code=exc.code, error_message=(exc.audit or exc.message)[:500])
+        return exc.response()
+
+
+async def _read(provider: Provider, request: Request) -> dict[str, str]:
+    """The form, with the size cap and no-repeat rule of the other endpoints."""
+    try:
+        return await form_params(request, provider.settings.max_body_bytes)
+    except OAuthError as exc:
+        if exc.status_code == 413:
+            raise StsError("RequestEntityTooLarge", "request body too large", 413) from None
+        raise StsError("ValidationError", exc.description or "malformed request") from None
+
+
+def _duration(raw: str | None, role_max: int) -> int:
+    if raw is None:
+        return min(3600, role_max)
+    if not _DURATION_RE.fullmatch(raw):
+        raise StsError("ValidationError", "DurationSeconds must be an integer")
+    duration = int(raw)
+    if not 900 <= duration <= role_max:
+        raise StsError("ValidationError", f"DurationSeconds must be 900-{role_max}")
+    return duration
+
+
+def _session_policy(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    if len(raw) > MAX_SESSION_POLICY:
+        raise StsError("PackedPolicyTooLarge", "the session policy is too large")
+    errors = [f for f in validate_policy(raw, kind="session") if f.severity == "ERROR"]
+    if errors:
+        raise StsError("MalformedPolicyDocument", f"{errors[0].path}: {errors[0].message}")
+    return json.dumps(json.loads(raw), separators=(",", ":"))
+
+
+def _parents(token: VerifiedToken) -> list[str]:
+    """The minting token's ``jti`` followed by its own ancestors (for a session)."""
+    inherited = token.claims.get(PARENTS_CLAIM, [])
+    if not isinstance(inherited, list) or not all(isinstance(j, str) for j in inherited):
+        raise StsError("AccessDenied", "malformed session credentials", 403)
+    if token.jti is None:
+        raise StsError("AccessDenied", "credentials without jti cannot be chained", 403)
+    parents = [token.jti, *inherited]
+    if len(parents) > MAX_CHAIN:
+        raise StsError("AccessDenied", f"role chaining is limited to {MAX_CHAIN} sessions", 403)
+    return parents
+
+
+async def _assume_role(provider: Provider, request: Request, token: VerifiedToken,
+                       call: _Call) -> Response:
     account = provider.settings.account_id
+    params = await _read(provider, request)
     role_arn = params.get("RoleArn", "")
     session_name = params.get("RoleSessionName", "")
+    call.params = {"action": _param(params.get("Action", ""), 64),
+                   "roleArn": _param(role_arn), "roleSessionName": _param(session_name, 64)}
+    if params.get("Action") != "AssumeRole":
+        raise StsError("InvalidAction", "Action must be AssumeRole")
     ref = parse_principal_arn(role_arn, account)
     if ref is None or ref.kind != "role" or ref.session:
-        return _error("ValidationError", "RoleArn must be a role ARN of this account")
+        raise StsError("ValidationError", "RoleArn must be a role ARN of this account")
+    # decide, audit and answer on the one canonical spelling of the role's ARN
+    role_arn = principal_arn("role", ref.name, account)
+    call.role_arn = role_arn
     if not SESSION_NAME_RE.fullmatch(session_name):
-        return _error("ValidationError", "RoleSessionName must be 2-64 of [\\w+=,.@-]")
-    session_policy = params.get("Policy")
-    if session_policy is not None:
-        if len(session_policy) > MAX_SESSION_POLICY:
-            return _error("PackedPolicyTooLarge", "the session policy is too large")
-        errors = [f for f in validate_policy(session_policy, kind="session")
-                  if f.severity == "ERROR"]
-        if errors:
-            return _error("MalformedPolicyDocument", f"{errors[0].path}: {errors[0].message}")
-        session_policy = json.dumps(json.loads(session_policy), separators=(",", ":"))
+        raise StsError("ValidationError", "RoleSessionName must be 2-64 of [A-Za-z0-9_+=,.@-]")
+    session_policy = _session_policy(params.get("Policy"))
+    call.params["policy"] = session_policy is not None
+    parents = _parents(token)
 
-    role = await provider.fast.one(ROLE_SQL, name=ref.name)
+    def denied(why: str) -> StsError:
+        message = f"not authorized to perform: {ACTION} on resource: {role_arn}"
+        return StsError("AccessDenied", message, 403, audit=f"{message} because {why}")
+
     subject = subject_of(token, account)
     principal = await provider.iam.principal(subject)
-    denied = _error("AccessDenied", f"not authorized to perform: {ACTION} on resource: "
-                    f"{role_arn}", 403)
-    actor = user_identity(subject, principal)
+    call.actor = user_identity(subject, principal)
+    role = await provider.fast.one(ROLE_SQL, name=ref.name)
+    if await any_revoked(provider.fast, parents):
+        raise denied("the credentials or one they descend from were revoked")
     if role is None or principal is None:
-        await provider.audit.emit("AssumeRole", user_identity=actor,
-                                  request_parameters={"roleArn": role_arn,
-                                                      "roleSessionName": session_name},
-                                  error_code="AccessDenied", error_message="no such role")
-        return denied
-    try:
-        duration = int(params.get("DurationSeconds", "3600"))
-    except ValueError:
-        return _error("ValidationError", "DurationSeconds must be an integer")
-    if not 900 <= duration <= int(role[3]):
-        return _error("ValidationError", f"DurationSeconds must be 900-{role[3]}")
+        raise denied("no such role" if principal is not None else "unknown principal")
+    duration = _duration(params.get("DurationSeconds"), int(role[3]))
+    call.params["durationSeconds"] = duration
+    decision = _decide(provider, request, subject, principal, role_arn, ref.name, role[2])
+    if not decision.allowed:
+        raise denied(decision.reason)
 
-    ctx = provider.iam.context(subject, principal, source_ip=request.client.host
-                               if request.client else None,
-                               secure=request.url.scheme == "https")
-    req = IamRequest(principal.arn, ACTION, role_arn, ctx)
-    try:
-        trust = parse_policy(role[2], kind="trust", policy_id=f"{ref.name}/trust")
-    except PolicyError:  # stored trust policies are validated; refuse if one is not
-        return denied
-    combined = evaluate(req, principal.identity, resource_policy=trust,
-                        boundary=principal.boundary, session=principal.session)
-    trust_only = evaluate(req, PolicySet([]), resource_policy=trust)
-    identity_only = evaluate(req, principal.identity, boundary=principal.boundary,
-                             session=principal.session)
-    callers = {principal.arn}
-    if subject.session:
-        callers.add(principal_arn("role", principal.name, account))
-    allowed = (combined.decision != "explicitDeny" and trust_only.allowed
-               and (_names_caller(json.loads(role[2]), callers) or identity_only.allowed))
-    event = {"roleArn": role_arn, "roleSessionName": session_name,
-             "durationSeconds": duration, "policy": session_policy is not None}
-    if not allowed:
-        await provider.audit.emit("AssumeRole", user_identity=actor, request_parameters=event,
-                                  resources=[{"ARN": role_arn}], error_code="AccessDenied",
-                                  error_message=bytes(denied.body).decode()[:500])
-        return denied
-
+    now = int(time.time())
+    ttl = min(duration, token.expires_at - now, provider.settings.max_jwt_ttl)
+    if ttl <= 0:
+        raise StsError("ExpiredToken", "the credentials have expired", 403)
     session = session_arn(ref.name, session_name, account)
-    extra: dict[str, Any] = {"principal_arn": session, "act": {"sub": principal.arn}}
+    act: dict[str, Any] = {"sub": principal.arn}
+    if isinstance(token.claims.get("act"), dict):
+        act["act"] = token.claims["act"]  # RFC 8693 §4.1: prior actors nest
+    extra: dict[str, Any] = {"principal_arn": session, "act": act, PARENTS_CLAIM: parents}
+    for claim in ("amr", "auth_time"):
+        if claim in token.claims:
+            extra[claim] = token.claims[claim]
     if session_policy is not None:
         extra["session_policy"] = session_policy
-    scope = " ".join(sorted(token.scopes))
     issued = provider.tokens.access_token(
         subject=session, client_id=token.client_id or "sts", audience=provider.api_audience,
-        scope=scope, ttl=duration, extra=extra)
+        scope=" ".join(sorted(token.scopes)), ttl=ttl, extra=extra)
+    async with provider.fast.transaction() as tx:
+        # the family of the minting token (a session's is its parent's): logout and
+        # revocation of the grant then deny this token too
+        row = await tx.one("SELECT i.family_id, f.revoked_at FROM issued_access_tokens i "
+                           "JOIN token_families f ON f.id = i.family_id WHERE i.jti = :jti",
+                           jti=token.jti)
+        if row is not None:
+            if row["revoked_at"] is not None:
+                raise denied("the grant was revoked")
+            await tx.run("INSERT INTO issued_access_tokens (jti, family_id, expires_at) "
+                          "VALUES (:jti, :f, :exp)", jti=issued.jti, f=row["family_id"],
+                          exp=issued.expires_at)
     expiration = datetime.fromtimestamp(issued.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    await provider.audit.emit("AssumeRole", user_identity=actor, request_parameters=event,
+    await provider.audit.emit("AssumeRole", user_identity=call.actor,
+                              request_parameters=call.params,
                               response_elements={"assumedRoleUser": session,
                                                  "expiration": expiration},
                               resources=[{"ARN": role_arn}])
@@ -142,3 +223,19 @@ async def assume_role_endpoint(provider: Provider, request: Request) -> Response
                         "Expiration": expiration},
         "AssumedRoleUser": {"Arn": session, "AssumedRoleId": f"{ref.name}:{session_name}"},
     }, headers={"Cache-Control": "no-store"})
+
+
+def _decide(provider: Provider, request: Request, subject: Subject, principal: Principal,
+            role_arn: str, role_name: str, trust_text: str) -> Decision:
+    """One evaluation: the trust policy as the resource policy, with the caller's identity
+    policies, permissions boundary and session policy (see the module docstring)."""
+    try:
+        trust = parse_policy(trust_text, kind="trust", policy_id=f"{role_name}/trust")
+    except PolicyError:  # stored trust policies are validated; refuse if one is not
+        return Decision("implicitDeny", (), "the stored trust policy does not compile")
+    ctx = provider.iam.context(subject, principal, source_ip=request.client.host
+                               if request.client else None,
+                               secure=request.url.scheme == "https")
+    return evaluate(IamRequest(principal.arn, ACTION, role_arn, ctx), principal.identity,
+                    resource_policy=trust, boundary=principal.boundary,
+                    session=principal.session)

@@ -71,6 +71,29 @@ def e(id: str, rule: str, expect: str, **case: Any) -> dict[str, Any]:
 
 
 BILLING = "billing:*"
+TRUST_RULES = ("IAM roles › Role trust policy; Permissions boundaries for IAM entities › "
+               "Resource-based policies; Session policies")
+TARGET_ROLE = f"arn:bastion:iam::{ACCOUNT}:role/target"
+MFA_COND = {"Bool": {"aws:MultiFactorAuthPresent": "true"}}
+
+
+def _account_trust() -> dict[str, Any]:
+    return grant(ROOT, action="sts:AssumeRole", sid="Account")
+
+
+def _trust(*statements: dict[str, Any]) -> dict[str, Any]:
+    """A request for sts:AssumeRole on TARGET_ROLE against a trust policy of ``statements``
+    (Resource dropped: trust policies have none)."""
+    body = []
+    for st in statements:
+        st = {k: v for k, v in st.items() if k != "Resource"}
+        if isinstance(st["Principal"], str) and st["Principal"] != "*":
+            st["Principal"] = {"AWS": st["Principal"]}
+        if st["Action"] == ACTION:
+            st["Action"] = "sts:AssumeRole"
+        body.append(st)
+    return {"action": "sts:AssumeRole", "resource": TARGET_ROLE, "resource_kind": "trust",
+            "resource_policy": {"Version": "2012-10-17", "Statement": body}}
 CASES = [
     e("no-policies-implicit-deny", IMPLICIT, "implicitDeny", identity=[],
       reason="no identity-based or resource-based policy"),
@@ -248,6 +271,38 @@ CASES = [
           {"Effect": "Allow", "Principal": {"Federated": "accounts.example.com"},
            "Action": "sts:AssumeRoleWithWebIdentity",
            "Condition": {"StringEquals": {"accounts.example.com:aud": "bastion"}}}]}),
+    # role trust policies: Principal, Action and Condition must all match; the account only
+    # delegates; the role ARN is limited by boundary and session policy (issue 8 item 1)
+    e("trust-names-user-directly", TRUST_RULES, "allowed", identity=[], **_trust(grant(ALICE))),
+    e("trust-names-user-condition-false", TRUST_RULES, "implicitDeny", identity=[],
+      context={"aws:MultiFactorAuthPresent": "false"},
+      **_trust(grant(ALICE, Condition=MFA_COND), _account_trust())),
+    e("trust-names-user-condition-true", TRUST_RULES, "allowed", identity=[],
+      context={"aws:MultiFactorAuthPresent": "true"}, **_trust(grant(ALICE, Condition=MFA_COND))),
+    e("trust-names-user-other-action", TRUST_RULES, "implicitDeny", identity=[],
+      **_trust(grant(ALICE, action="sts:TagSession"), _account_trust())),
+    e("trust-account-without-identity", TRUST_RULES, "implicitDeny", identity=[],
+      reason="trusts the account", **_trust(_account_trust())),
+    e("trust-star-without-identity", TRUST_RULES, "implicitDeny", identity=[],
+      **_trust(grant("*", action="sts:AssumeRole"))),
+    e("trust-identity-only", TRUST_RULES, "implicitDeny", identity=[allow("sts:AssumeRole")],
+      reason="trust policy does not allow", **_trust(grant(BOB))),
+    e("trust-names-role-session-limited-by-session-policy", TRUST_RULES, "implicitDeny",
+      principal=SESSION, identity=[], session=[allow("orders:ListOrders")],
+      **_trust(grant(ROLE))),
+    e("trust-names-role-limited-by-boundary", TRUST_RULES, "implicitDeny", principal=SESSION,
+      identity=[], boundary=[allow("orders:*")], **_trust(grant(ROLE))),
+    e("trust-names-role-no-limits", TRUST_RULES, "allowed", principal=SESSION, identity=[],
+      **_trust(grant(ROLE))),
+    e("trust-names-session-directly-not-limited", TRUST_RULES, "allowed", principal=SESSION,
+      identity=[], session=[allow("orders:ListOrders")], boundary=[allow("orders:*")],
+      **_trust(grant(SESSION))),
+    e("trust-account-identity-limited-by-session-policy", TRUST_RULES, "implicitDeny",
+      principal=SESSION, identity=[allow("sts:AssumeRole")],
+      session=[allow("orders:ListOrders")], **_trust(_account_trust())),
+    e("trust-explicit-deny-wins", TRUST_RULES, "explicitDeny", identity=[],
+      **_trust(grant(ALICE), grant(ALICE, effect="Deny", action="sts:AssumeRole",
+                                   sid="No"))),
     e("identity-policy-in-resource-position-deny-fails-closed",
       "Bastion fail-closed rule (a resource_policy without Principal: Deny matches everyone)",
       "explicitDeny", identity=[allow()], resource_policy=deny(), resource_kind="identity"),
