@@ -58,7 +58,7 @@ async def test_verify_ok(provider):
     await fill(provider, 30)
     await provider.notary.checkpoint()
     out = ok(audit_cli(provider.settings, "verify"))
-    assert out.strip() == "ok: 30 records, 1 checkpoints verified"
+    assert out.strip() == "ok: 30 records, 1 checkpoint verified"
 
     data = json.loads(ok(audit_cli(provider.settings, "verify", "--json")))
     assert set(data) == {"ok", "records", "last_seq", "last_hash", "faults",
@@ -263,3 +263,13 @@ async def test_tail(provider, mixed):
     assert ok(audit_cli(provider.settings, "tail", "-n", "0")) == ""
     ocsf = json_lines(ok(audit_cli(provider.settings, "tail", "-n", "3", "--ocsf")))
     assert [e["metadata"]["uid"] for e in ocsf] == ids(everything[-3:])
+
+
+async def test_search_and_tail_take_json_like_every_command(provider, mixed):
+    """``--json`` was refused by search and tail (usage error, exit 2); it prints JSON Lines,
+    the same lines as without it."""
+    s = provider.settings
+    everything = await bodies(provider)
+    assert search(s, "--json") == everything
+    assert search(s, "--json", "--request-id", "req-3", "--ocsf")[0]["class_uid"] == 3002
+    assert json_lines(ok(audit_cli(s, "tail", "-n", "2", "--json"))) == everything[-2:]

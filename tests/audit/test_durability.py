@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import stat
@@ -249,7 +250,7 @@ HOSTILE: dict[str, dict[str, Any]] = {
 }
 
 
-async def test_hostile_values_are_stored_as_one_ascii_line_each(provider):
+async def test_hostile_values_are_stored_as_one_line_each(provider):
     before = len(await all_rows(provider))
     for name, fields in HOSTILE.items():
         record = await provider.audit.emit("GetOrder", **fields)
@@ -259,7 +260,9 @@ async def test_hostile_values_are_stored_as_one_ascii_line_each(provider):
     assert len(rows) == before + len(HOSTILE)
     for row in rows:
         body = bytes(row[6])
-        assert body.isascii() and all(0x20 <= b < 0x7f for b in body), body[:200]
+        # RFC 8785: UTF-8 with every control character escaped, so one line
+        body.decode("utf-8")
+        assert all(b >= 0x20 for b in body), body[:200]
         assert canonical_bytes(json.loads(body)) == body  # one canonical JSON value
         assert len(body) <= 32 * 1024
         for column in row[2:6]:  # search columns: printable ASCII or NULL
@@ -354,7 +357,7 @@ async def test_no_secret_reaches_the_trail(provider, http, app, alice):
     rows = await all_rows(provider)
     events = {r[1] for r in rows}
     assert {"Login", "IssueToken", "RefreshToken", "RevokeToken"} <= events, events
-    stored = b"\n".join(bytes(r[6]) for r in rows).decode("ascii") + "\n".join(
+    stored = b"\n".join(bytes(r[6]) for r in rows).decode("utf-8") + "\n".join(
         str(c) for r in rows for c in r[2:6])
     leaked = [s for s in secrets_seen if s and s in stored]
     assert leaked == [], leaked
@@ -431,3 +434,38 @@ async def test_kill_9_under_load_keeps_every_answered_request(live, database_url
     out = json.loads(ok(audit_cli(settings, "verify", "--json")))
     assert out["ok"] is True, out["faults"]
     assert out["records"] == len(rows)
+
+
+# --- (d) shutdown -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["fail_closed", "spool"])
+async def test_failed_final_flush_at_shutdown_is_reported(tmp_path, database_url, caplog,
+                                                          mode):
+    """Records still queued when the server stops, with the database refusing them: before,
+    ``close()`` swallowed the failure. Now it is logged at error level with the count, and a
+    loss (fail_closed: nowhere to put them) makes ``close()`` raise."""
+    from bastion.audit.trail import AuditUnavailable
+
+    await _reset(database_url)
+    p = await open_provider(make_settings(tmp_path, database_url, audit_failure_mode=mode))
+    settings = p.settings
+    async with trail_unwritable(settings):
+        waiter = asyncio.create_task(p.audit.emit("GetOrder", request_id="at-shutdown"))
+        await asyncio.sleep(0)  # queued, not yet written
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="bastion.audit"):
+            if mode == "fail_closed":
+                with pytest.raises(AuditUnavailable, match="1 audit record"):
+                    await p.close()
+                with pytest.raises(AuditUnavailable):
+                    await waiter
+            else:
+                await p.close()
+                await waiter
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    if mode == "fail_closed":
+        assert any("final flush at shutdown" in m and "LOST" in m for m in messages), messages
+    else:
+        assert any("final flush at shutdown" in m and "spooled" in m for m in messages)
+        spool = settings.data_dir / "audit-spool" / "spool.jsonl"
+        assert b"at-shutdown" in spool.read_bytes()

@@ -25,6 +25,7 @@ from bastion.audit.record import (
     REDACTED,
     build_record,
     canonical_bytes,
+    canonicalize,
     clean_text,
     is_secret_name,
     to_ocsf,
@@ -70,9 +71,11 @@ PUBLIC_PEM = _ED.public_key().public_bytes(serialization.Encoding.PEM,
 
 def body(record: dict[str, Any]) -> bytes:
     data = canonical_bytes(record)
-    assert data.isascii() and b"\n" not in data and b"\r" not in data
+    data.decode("utf-8")  # RFC 8785: UTF-8, and one line: every control character escaped
+    assert not any(b < 0x20 for b in data), data[:200]
     assert len(data) <= MAX_RECORD_BYTES
     assert canonical_bytes(json.loads(data)) == data  # what is stored re-encodes identically
+    assert canonicalize(json.loads(data)) == data  # the fast path is the reference
     return data
 
 
@@ -365,7 +368,9 @@ HOSTILE: list[tuple[str, dict[str, Any]]] = [
 def test_hostile_values_never_raise_nor_split(kwargs: dict[str, Any]) -> None:
     record = build_record("CreateOrder", **kwargs)
     data = body(record)
-    assert data.count(b"\n") == 0 and all(b < 0x80 for b in data)
+    # one JSON Lines line (RFC 8785 writes U+2028/U+2029 as they are; JSON Lines splits on
+    # LF only, and CR and every other control character are escaped)
+    assert b"\n" not in data and b"\r" not in data
     assert b"PW-IN-DATACLASS" not in data
     json.loads(data)
     ocsf_bytes(record)
@@ -373,7 +378,7 @@ def test_hostile_values_never_raise_nor_split(kwargs: dict[str, Any]) -> None:
 
 def test_control_characters_are_escaped_not_lost() -> None:
     record = build_record("Login", user_agent="a\nb\u2028c\x00")
-    assert b'"userAgent":"a\\nb\\u2028c\\u0000"' in body(record)
+    assert b'"userAgent":"a\\nb\xe2\x80\xa8c\\u0000"' in body(record)  # RFC 8785 §3.2.2.2
     assert record["userAgent"] == "a\nb\u2028c\x00"
 
 
@@ -420,7 +425,14 @@ def test_odd_types_convert_to_json() -> None:
     assert params["7"] == "int key" and params["null"] == "none key"
     ints = build_record("CreateOrder", request_parameters=dict(HOSTILE)["huge-int"]
                         ["request_parameters"])["requestParameters"]
-    assert ints == {"n": "[integer of 16610 bits]", "m": "[integer of 71 bits]", "ok": 2 ** 63}
+    # beyond 2**53 an IEEE 754 double is not exact (RFC 8785 §3.2.2.3): kept as text
+    assert ints == {"n": "[integer of 16610 bits]", "m": "[integer of 71 bits]",
+                    "ok": str(2 ** 63)}
+    exact = build_record("CreateOrder", request_parameters={"max": 2 ** 53 - 1,
+                                                           "min": -(2 ** 53 - 1),
+                                                           "over": 2 ** 53})
+    assert exact["requestParameters"] == {"max": 2 ** 53 - 1, "min": -(2 ** 53 - 1),
+                                          "over": str(2 ** 53)}
 
 
 # --- canonical bytes ----------------------------------------------------------------------
@@ -428,7 +440,8 @@ def test_odd_types_convert_to_json() -> None:
 def test_canonical_bytes_are_deterministic() -> None:
     a = {"b": 1, "a": {"y": [1, 2], "x": "é"}}
     b = {"a": {"x": "é", "y": [1, 2]}, "b": 1}
-    assert canonical_bytes(a) == canonical_bytes(b) == b'{"a":{"x":"\\u00e9","y":[1,2]},"b":1}'
+    assert canonical_bytes(a) == canonical_bytes(b) == \
+        b'{"a":{"x":"\xc3\xa9","y":[1,2]},"b":1}'
 
 
 def test_canonical_bytes_refuse_nan() -> None:
@@ -526,3 +539,12 @@ def test_to_ocsf_accepts_damaged_records(record: dict[str, Any]) -> None:
     event = to_ocsf(record)
     json.dumps(event, allow_nan=False)
     assert event["class_uid"] in OCSF_CLASSES
+
+
+@pytest.mark.parametrize("kind, type_id", [("IAMUser", 1), ("LocalOperator", 2),
+                                           ("Bastion", 3), ("Client", 99), ("Unknown", 0)])
+def test_ocsf_user_type_of_each_identity_type_records_carry(kind: str, type_id: int) -> None:
+    """docs/audit.md lists the userIdentity types the code emits; IAMUser was mapped to
+    Other (99) because the table only knew "User"."""
+    record = build_record("Login", user_identity={"type": kind, "principalId": "p"})
+    assert to_ocsf(record)["actor"]["user"]["type_id"] == type_id

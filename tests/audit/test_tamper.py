@@ -107,8 +107,10 @@ async def tampering(settings: Settings) -> AsyncIterator[Raw]:
     async with raw_connection(settings) as raw:
         triggers = await raw.rows(
             "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name IN "
-            "('audit_events', 'audit_checkpoints', 'audit_signing_keys')")
-        assert len(triggers) == 6, triggers  # UPDATE and DELETE on each
+            "('audit_events', 'audit_checkpoints', 'audit_signing_keys', 'audit_archives')")
+        # UPDATE and DELETE on each; INSERT too on audit_archives (signed and contiguous)
+        # and audit_events (after the last record)
+        assert len(triggers) == 10, triggers
         for name, _sql in triggers:
             await raw.run(f'DROP TRIGGER "{name}"')
         yield raw

@@ -143,7 +143,8 @@ def from_json(document: str | bytes | Mapping[str, Any]) -> Checkpoint:
             raise CheckpointFormatError("checkpoint document too large")
         try:
             data = json.loads(document)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # 4 KiB of "[" nests
+            # deeper than the recursion limit: malformed like any other
             raise CheckpointFormatError("checkpoint document is not JSON") from exc
     if not isinstance(data, dict) or set(data) != _FIELDS:
         raise CheckpointFormatError(f"checkpoint fields must be exactly {sorted(_FIELDS)}")

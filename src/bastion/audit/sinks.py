@@ -11,6 +11,16 @@ Destinations (``BASTION_AUDIT_SINKS``, comma separated):
     stdout                      JSON Lines on standard output
     syslog | syslog:HOST:PORT   one record per message (local /dev/log, or UDP)
     https://…/ingest            POST a JSON array of records per batch; 2xx means delivered
+
+A webhook is https only (plain ``http://`` only to a loopback address, and only with
+``audit_sink_allow_http_loopback``), and every body is signed with the configured
+``audit_sink_secret``::
+
+    X-Bastion-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." || body)>
+
+so the receiver can check where a batch came from and refuse replays outside its tolerance
+(the Stripe webhook scheme). Credentials in a webhook URL are sent but never logged: logs
+name the URL without user info, query or fragment.
 """
 
 from __future__ import annotations
@@ -18,35 +28,83 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
+import ipaddress
 import json
 import logging
 import logging.handlers
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from bastion.audit.record import to_ocsf
 from bastion.store.fast import FastStore
 
+if TYPE_CHECKING:
+    from bastion.config import Settings
+
 log = logging.getLogger("bastion.audit.sinks")
 BATCH = 500
 Deliver = Callable[[list[bytes]], Any]
+SIGNATURE_HEADER = "X-Bastion-Signature"
+
+
+def sign_body(secret: bytes, body: bytes, timestamp: int) -> str:
+    """The ``X-Bastion-Signature`` value: ``t=<unix seconds>,v1=<hex HMAC-SHA256 over
+    "<t>." followed by the body>``."""
+    mac = hmac.new(secret, str(timestamp).encode("ascii") + b"." + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def safe_url(url: str) -> str:
+    """A URL fit for a log line: scheme, host, port and path; no user info, query or
+    fragment (where credentials hide)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparseable URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _format(bodies: list[bytes], ocsf: bool) -> list[str]:
     if not ocsf:
-        return [b.decode("ascii") for b in bodies]
+        return [b.decode("utf-8") for b in bodies]
     return [json.dumps(to_ocsf(json.loads(b)), sort_keys=True) for b in bodies]
 
 
 class Sink:
     def __init__(self, spec: str, store: FastStore, state_dir: Path, *, ocsf: bool,
-                 poll: float = 0.5) -> None:
+                 poll: float = 0.5, secret: bytes | None = None,
+                 allow_http_loopback: bool = False) -> None:
+        parse_sinks(spec, allow_http_loopback=allow_http_loopback)
+        self.webhook = spec.startswith(("https://", "http://"))
+        if self.webhook and not secret:
+            raise ValueError("a webhook audit sink needs a secret to sign its bodies "
+                             "(audit_sink_secret)")
+        self.secret = secret or b""
         self.spec = spec
+        self.name = safe_url(spec) if self.webhook else spec
         self.store = store
         self.ocsf = ocsf
         self.poll = poll
@@ -85,10 +143,13 @@ class Sink:
         else:
             if self._client is None:
                 self._client = httpx.AsyncClient(timeout=10.0)
-            body = "[" + ",".join(lines) + "]"
+            body = ("[" + ",".join(lines) + "]").encode("utf-8")
+            signature = sign_body(self.secret, body, int(time.time()))
             r = await self._client.post(self.spec, content=body,
-                                        headers={"content-type": "application/json"})
-            r.raise_for_status()
+                                        headers={"content-type": "application/json",
+                                                 SIGNATURE_HEADER: signature})
+            if not r.is_success:  # raise_for_status would carry the URL, credentials and all
+                raise SinkRefused(f"HTTP {r.status_code}")
 
     async def run(self) -> None:
         after = self._cursor()
@@ -111,8 +172,9 @@ class Sink:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the destination or database failed: retry later
-                log.warning("audit sink %s: %s; retrying from seq %d",
-                            self.spec.split("?")[0], type(exc).__name__, after + 1)
+                log.warning("audit sink %s: %s; retrying from seq %d", self.name,
+                            exc if isinstance(exc, SinkRefused) else type(exc).__name__,
+                            after + 1)
                 delay = min(delay * 2, 30.0)
             await asyncio.sleep(delay)
 
@@ -124,11 +186,45 @@ class Sink:
                 self._syslog.close()
 
 
-def parse_sinks(value: str) -> list[str]:
+class SinkRefused(Exception):
+    """The destination answered, but not with 2xx."""
+
+
+def parse_sinks(value: str, *, allow_http_loopback: bool = False) -> list[str]:
     specs = [s.strip() for s in value.split(",") if s.strip()]
     for spec in specs:
-        if spec in ("stdout", "syslog") or spec.startswith(("syslog:", "https://",
-                                                             "http://")):
+        if spec in ("stdout", "syslog") or spec.startswith("syslog:"):
             continue
-        raise ValueError(f"unknown audit sink {spec!r}: stdout, syslog[:host:port] or a URL")
+        if spec.startswith(("https://", "http://")):
+            try:
+                parts = urlsplit(spec)
+                host = parts.hostname
+            except ValueError:
+                host = None
+            if not host:
+                raise ValueError(f"audit sink {safe_url(spec)!r} has no host")
+            if parts.scheme == "http" and not (allow_http_loopback and _loopback(host)):
+                raise ValueError(f"audit sink {safe_url(spec)!r}: plain http is refused; use "
+                                 "https (http only to a loopback address, with "
+                                 "audit_sink_allow_http_loopback)")
+            continue
+        shown = safe_url(spec) if "://" in spec else spec
+        raise ValueError(f"unknown audit sink {shown!r}: stdout, syslog[:host:port] or an "
+                         "https:// URL")
     return specs
+
+
+def check_sink_settings(settings: Settings) -> None:
+    """Settings-time checks: known sinks, https webhooks, and a secret to sign with."""
+    specs = parse_sinks(settings.audit_sinks,
+                        allow_http_loopback=settings.audit_sink_allow_http_loopback)
+    secret = settings.audit_sink_secret
+    if any(s.startswith(("https://", "http://")) for s in specs) \
+            and (secret is None or len(secret.get_secret_value()) < 16):
+        raise ValueError("a webhook audit sink needs audit_sink_secret (at least 16 "
+                         "characters) to sign its bodies")
+
+
+def sink_secret(settings: Settings) -> bytes | None:
+    secret = settings.audit_sink_secret
+    return secret.get_secret_value().encode("utf-8") if secret is not None else None
