@@ -368,3 +368,27 @@ async def test_totp_failures_throttled(http, app, totp_alice, clock):
     assert r.status_code == 429 and not signed_in(r)
     clock.advance(BACKOFF + 1)
     assert signed_in(await send_code(http, fields, totp_alice.now()))
+
+
+async def test_known_password_does_not_reset_totp_throttle(http, app, totp_alice, clock):
+    """Issue 8 item 5: someone who knows the password alternates password and code guesses.
+    The right password used to reset the account counter (success was counted after the
+    password step), giving unlimited code guesses; now only a full sign-in resets it."""
+    verified = 0
+    for _ in range(4 * ACCOUNT_LIMIT):
+        fields = await login_form(http, app)
+        r = await submit(http, fields, "alice", PASSWORD)
+        if r.status_code != 303:
+            assert throttled(r)
+            continue
+        mfa = hidden_fields((await http.get(r.headers["location"])).text)
+        r = await send_code(http, mfa, wrong_code(totp_alice))
+        if r.status_code == 401:
+            verified += 1
+        else:
+            assert r.status_code == 429
+    assert verified == ACCOUNT_LIMIT
+    r = await send_code(http, mfa, totp_alice.now())
+    assert r.status_code == 429 and not signed_in(r)
+    clock.advance(BACKOFF + 1)  # the backoff passes: the right code now signs in
+    assert signed_in(await send_code(http, mfa, totp_alice.now()))

@@ -324,13 +324,32 @@ def test_private_key_jwt_stock_authlib(live: LiveServer, alice: Person, tmp_path
     key, client_id = register_key_client(live, tmp_path, "Authlib stock private_key_jwt")
     with new_client(live, client_id, key, token_endpoint_auth_method="private_key_jwt") as oauth:
         meta = discover(oauth, live)
-        oauth.register_client_auth_method(PrivateKeyJWT(meta["token_endpoint"], alg="ES256"))
+        # Authlib's default aud is the token endpoint URL; Bastion accepts only the issuer
+        # identifier (rfc7523bis), which PrivateKeyJWT's first argument sets
+        oauth.register_client_auth_method(PrivateKeyJWT(meta["issuer"], alg="ES256"))
         callback, state, verifier, nonce = authorize(oauth, meta, live, alice,
                                                      ["login", "consent"])
         token = oauth.fetch_token(meta["token_endpoint"], authorization_response=callback,
                                   code_verifier=verifier, state=state)
         validate_id_token(token["id_token"], meta, fetch_jwks(oauth, meta), client_id,
                           nonce=nonce, access_token=token["access_token"])
+
+
+def test_private_key_jwt_token_endpoint_audience_refused(live: LiveServer, alice: Person,
+                                                         tmp_path: Path) -> None:
+    """Authlib's default ``aud`` (the token endpoint URL) is refused: only the issuer
+    identifier is accepted (rfc7523bis, the audience-injection attacks)."""
+    key, client_id = register_key_client(live, tmp_path, "Authlib token endpoint aud")
+    with new_client(live, client_id, key, token_endpoint_auth_method="private_key_jwt") as oauth:
+        meta = discover(oauth, live)
+        oauth.register_client_auth_method(
+            ShortLivedPrivateKeyJWT(meta["token_endpoint"], alg="ES256"))
+        callback, state, verifier, _ = authorize(oauth, meta, live, alice,
+                                                 ["login", "consent"])
+        with pytest.raises(OAuthError) as bad:
+            oauth.fetch_token(meta["token_endpoint"], authorization_response=callback,
+                              code_verifier=verifier, state=state)
+        assert oauth_error(bad) == "invalid_client"
 
 
 def test_private_key_jwt(live: LiveServer, alice: Person, tmp_path: Path) -> None:
@@ -343,7 +362,7 @@ def test_private_key_jwt(live: LiveServer, alice: Person, tmp_path: Path) -> Non
         meta = discover(oauth, live)
         assert "ES256" in meta["token_endpoint_auth_signing_alg_values_supported"]
         oauth.register_client_auth_method(
-            ShortLivedPrivateKeyJWT(meta["token_endpoint"], alg="ES256"))
+            ShortLivedPrivateKeyJWT(meta["issuer"], alg="ES256"))
         keys = fetch_jwks(oauth, meta)
         callback, state, verifier, nonce = authorize(oauth, meta, live, alice,
                                                      ["login", "consent"])
@@ -355,7 +374,7 @@ def test_private_key_jwt(live: LiveServer, alice: Person, tmp_path: Path) -> Non
         assertion = jwt.decode(body["client_assertion"][0], key)
         assert assertion.header["alg"] == "ES256"
         assert assertion.claims["iss"] == assertion.claims["sub"] == client_id
-        assert assertion.claims["aud"] == meta["token_endpoint"] and assertion.claims["jti"]
+        assert assertion.claims["aud"] == meta["issuer"] and assertion.claims["jti"]
         assert assertion.claims["exp"] - assertion.claims["iat"] == 300
         assert "authorization" not in seen[-1].headers
 
@@ -381,7 +400,7 @@ def test_private_key_jwt(live: LiveServer, alice: Person, tmp_path: Path) -> Non
     with new_client(live, client_id, stranger, token_endpoint_auth_method="private_key_jwt"
                     ) as forged:
         forged.register_client_auth_method(
-            ShortLivedPrivateKeyJWT(meta["token_endpoint"], alg="ES256"))
+            ShortLivedPrivateKeyJWT(meta["issuer"], alg="ES256"))
         with pytest.raises(OAuthError) as bad:
             forged.refresh_token(meta["token_endpoint"], refresh_token=token["refresh_token"])
         assert oauth_error(bad) == "invalid_client"

@@ -61,15 +61,25 @@ def failed_with(result: dict[str, Any], error: str) -> bool:
     return bool(err["error"] == error)
 
 
-@pytest.mark.parametrize("auth", ["client_secret_basic", "client_secret_post", "none"])
+@pytest.mark.parametrize("auth", ["client_secret_basic", "client_secret_post", "none",
+                                  "defaults"])
 def test_openid_client_code_flow_lifecycle(live: LiveServer, alice: Person, auth: str) -> None:
+    """``defaults`` (issue 8 item 16): a client from ``bastion clients create`` without
+    --auth-method, used with openid-client's documented shorthand (client_secret_post by
+    default). Such a client accepts either secret method; it used to get an opaque 401
+    challenge because it only allowed client_secret_basic."""
     if auth == "client_secret_basic":
-        reg = register(live, "openid-client basic", REDIRECT)
+        reg = register_with_auth_method(live, "openid-client basic", REDIRECT, auth)
     elif auth == "client_secret_post":
         reg = register_with_auth_method(live, "openid-client post", REDIRECT, auth)
+    elif auth == "defaults":
+        reg = register(live, "openid-client defaults", REDIRECT)
+        # the registered metadata keeps RFC 7591 §2's default value
+        assert reg["token_endpoint_auth_method"] == "client_secret_basic"
+        auth = "client_secret_post"  # what openid-client's shorthand sends
     else:
         reg = register(live, "openid-client public", REDIRECT, "--public")
-    assert reg["token_endpoint_auth_method"] == auth
+    assert reg["token_endpoint_auth_method"] in (auth, "client_secret_basic")
     client_id = reg["client_id"]
     s = run_rp(live, alice, client_id, reg.get("client_secret"), auth)
 

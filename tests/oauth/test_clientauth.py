@@ -48,7 +48,7 @@ def ec_key(kid: str = "k1") -> ECKey:
 def make_assertion(key: Any, client_id: str, *, header: dict[str, Any] | None = None,
                    drop: tuple[str, ...] = (), **claims: Any) -> str:
     now = int(time.time())
-    body: dict[str, Any] = {"iss": client_id, "sub": client_id, "aud": TOKEN_URL,
+    body: dict[str, Any] = {"iss": client_id, "sub": client_id, "aud": ISSUER,
                             "iat": now, "exp": now + 60, "jti": secrets.token_urlsafe(16)}
     body.update(claims)
     for name in drop:
@@ -61,7 +61,7 @@ def make_assertion(key: Any, client_id: str, *, header: dict[str, Any] | None = 
 def unsigned(client_id: str) -> str:
     """alg=none (RFC 7519 §6): no signature at all."""
     now = int(time.time())
-    claims = {"iss": client_id, "sub": client_id, "aud": TOKEN_URL, "exp": now + 60,
+    claims = {"iss": client_id, "sub": client_id, "aud": ISSUER, "exp": now + 60,
               "iat": now, "jti": secrets.token_urlsafe(8)}
     return (b64(json.dumps({"alg": "none", "typ": "JWT"}).encode()) + "."
             + b64(json.dumps(claims).encode()) + ".")
@@ -141,6 +141,69 @@ async def test_only_the_registered_method(http, provider, registered, used):
     else:
         data["client_id"] = client.client_id
     assert_invalid_client(await http.post("/token", data=data, **kw), basic_used=used == "basic")
+
+
+def secret_request(client: Registered, used: str) -> tuple[dict[str, str], dict[str, Any]]:
+    data, kw = dict(CC), {}
+    if used == "post":
+        data.update(client_id=client.client_id, client_secret=client.secret or "")
+    elif used == "basic":
+        kw["headers"] = basic(client.client_id, client.secret or "")
+    else:
+        data["client_id"] = client.client_id
+    return data, kw
+
+
+@pytest.mark.parametrize("used", ["basic", "post"])
+async def test_client_registered_without_method_accepts_either_secret_method(
+        http, provider, used):
+    """Issue 8 item 16: openid-client's default is client_secret_post; a client made by
+    ``bastion clients create`` without --auth-method only allowed client_secret_basic and
+    answered with an opaque challenge. Without a chosen method, either secret method is
+    accepted (as Keycloak does); the registered metadata stays the RFC 7591 default."""
+    client = await add_client(provider, roles=["order:view"])
+    info = await provider.client(client.client_id)
+    assert info.auth_method == "client_secret_basic" and not info.auth_method_pinned
+    data, kw = secret_request(client, used)
+    assert_ok(await http.post("/token", data=data, **kw))
+
+
+@pytest.mark.parametrize("used", [
+    pytest.param("basic", id="basic-wrong-secret"),
+    pytest.param("post", id="post-wrong-secret"),
+    pytest.param("none", id="rfc9700-2.5/downgrade-to-none"),
+])
+async def test_client_registered_without_method_still_needs_its_secret(http, provider, used):
+    client = await add_client(provider, roles=["order:view"])
+    data, kw = secret_request(Registered(client.client_id, "x" + (client.secret or "")), used)
+    assert_invalid_client(await http.post("/token", data=data, **kw),
+                          basic_used=used == "basic")
+
+
+async def test_client_registered_without_method_two_methods_at_once_refused(http, provider):
+    """RFC 6749 §2.3: accepting either method never means accepting both in one request."""
+    client = await add_client(provider, roles=["order:view"])
+    data = {**CC, "client_id": client.client_id, "client_secret": client.secret}
+    r = await http.post("/token", data=data, headers=basic(client.client_id, client.secret))
+    assert r.status_code == 400 and r.json()["error"] == "invalid_request"
+
+
+async def test_clients_registered_before_stay_pinned(http, provider):
+    """Rows written before migration 0004 cannot tell a chosen method from the default:
+    the column's server default keeps them pinned (their behaviour until now)."""
+    client = await add_client(provider, roles=["order:view"])
+    columns = ("name, secret_hash, auth_method, redirect_uris, post_logout_redirect_uris, "
+               "grant_types, scopes, roles, jwks, created_at")
+    async with provider.fast.transaction() as tx:  # an INSERT that predates the column
+        await tx.run(f"INSERT INTO clients (client_id, {columns}) SELECT 'legacy-client', "
+                     f"{columns} FROM clients WHERE client_id = :c", c=client.client_id)
+    legacy = Registered("legacy-client", client.secret)
+    info = await provider.client(legacy.client_id)
+    assert info.auth_method_pinned and info.auth_methods == {"client_secret_basic"}
+    data, kw = secret_request(legacy, "basic")
+    assert_ok(await http.post("/token", data=data, **kw))
+    data, kw = secret_request(legacy, "post")
+    assert_invalid_client(await http.post("/token", data=data, **kw))
 
 
 async def test_confidential_client_cannot_redeem_code_without_secret(http, provider):
@@ -268,16 +331,40 @@ async def jwt_client(provider: Any) -> tuple[Registered, ECKey]:
     return client, key
 
 
-@pytest.mark.parametrize("aud", [
-    pytest.param(TOKEN_URL, id="rfc7523-3/aud-token-endpoint"),
-    pytest.param(ISSUER, id="rfc7523-3/aud-issuer"),
-    pytest.param([TOKEN_URL, "https://other.example"], id="rfc7523-3/aud-list"),
-])
-async def test_private_key_jwt_ok(http, jwt_client, aud):
+async def test_private_key_jwt_ok(http, jwt_client):
+    """rfc7523bis: aud is the issuer identifier, as a string."""
     client, key = jwt_client
     r = await http.post("/token", data=with_assertion(
-        {**CC, "client_id": client.client_id}, make_assertion(key, client.client_id, aud=aud)))
+        {**CC, "client_id": client.client_id}, make_assertion(key, client.client_id,
+                                                              aud=ISSUER)))
     assert_ok(r)
+
+
+@pytest.mark.parametrize("aud", [
+    pytest.param(TOKEN_URL, id="rfc7523bis/aud-token-endpoint"),
+    pytest.param(ISSUER + "/revoke", id="rfc7523bis/aud-revocation-endpoint"),
+    pytest.param(ISSUER + "/introspect", id="rfc7523bis/aud-introspection-endpoint"),
+    pytest.param([ISSUER], id="rfc7523bis/aud-array-of-the-issuer"),
+    pytest.param([ISSUER, "https://other.example"], id="rfc7523bis/aud-array-with-issuer"),
+    pytest.param([TOKEN_URL, "https://other.example"], id="rfc7523bis/aud-array"),
+    pytest.param([], id="rfc7523bis/aud-empty-array"),
+    pytest.param(ISSUER + "/", id="rfc7523bis/aud-issuer-trailing-slash"),
+    pytest.param(ISSUER.upper(), id="rfc7523bis/aud-issuer-other-case"),
+    pytest.param(ISSUER + "\n", id="rfc7523bis/aud-issuer-trailing-newline"),
+    pytest.param({"aud": ISSUER}, id="rfc7523bis/aud-object"),
+    pytest.param(None, id="rfc7523bis/aud-null"),
+])
+async def test_private_key_jwt_audience_injection_refused(http, jwt_client, aud):
+    """The 2025 audience-injection class (draft-ietf-oauth-rfc7523bis): an assertion whose
+    aud is an endpoint URL, or an array (that another server would also accept), is
+    refused; only the issuer identifier as a single string is accepted. The jti is fresh
+    each time, so the refusal is the audience's."""
+    client, key = jwt_client
+    for endpoint, data in (("/token", {**CC, "client_id": client.client_id}),
+                           ("/revoke", {"token": "x"}), ("/introspect", {"token": "x"})):
+        r = await http.post(endpoint, data=with_assertion(
+            data, make_assertion(key, client.client_id, aud=aud)))
+        assert_invalid_client(r)
 
 
 def _hs256_with_public_key(key: ECKey, client_id: str) -> str:
@@ -312,7 +399,7 @@ BAD_ASSERTIONS = [
      lambda k, c: make_assertion(k, c, header={"jku": "https://evil.example/jwks"})),
     ("rfc7515/signature-stripped", lambda k, c: make_assertion(k, c).rsplit(".", 1)[0] + "."),
     ("rfc7515/payload-tampered", lambda k, c: (lambda p: p[0] + "." + b64(json.dumps(
-        {"iss": c, "sub": c, "aud": TOKEN_URL, "exp": int(time.time()) + 60,
+        {"iss": c, "sub": c, "aud": ISSUER, "exp": int(time.time()) + 60,
          "jti": "x"}).encode()) + "." + p[2])(make_assertion(k, c).split("."))),
     ("rfc7523-2.2/not-a-jwt", lambda k, c: "garbage"),
     ("rfc7523-2.2/long-garbage", lambda k, c: "e" * 2000 + "." + "e" * 1000 + "." + "e" * 900),

@@ -7,7 +7,6 @@ guessing 256 bits and would cap the token endpoint's throughput.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import re
 import secrets
@@ -19,14 +18,17 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bastion.edge.http import is_loopback_host
 from bastion.identity.users import IdentityError
 from bastion.kms import KeyWrapper
-from bastion.store.models import Client
+from bastion.store.models import Client, User
 
 GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
-SCOPE_TOKEN_RE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,128}$")  # RFC 6749 §3.3 scope-token
-CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
+SECRET_METHODS = frozenset({"client_secret_basic", "client_secret_post"})
+# patterns are used with fullmatch: "$" would also match before a trailing newline
+SCOPE_TOKEN_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,128}")  # RFC 6749 §3.3 scope-token
+CLIENT_ID_RE = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 _SECRET_PURPOSE = "client-secret"  # noqa: S105 — a label, not a secret
 
 
@@ -37,28 +39,42 @@ class ClientInfo:
     client_id: str
     name: str
     secret_hash: str | None
-    auth_method: str
+    auth_method: str  # registered token_endpoint_auth_method (RFC 7591 §2)
     redirect_uris: tuple[str, ...]
     post_logout_redirect_uris: tuple[str, ...]
     grant_types: frozenset[str]
     scopes: frozenset[str]
     roles: tuple[str, ...]
     jwks: dict[str, Any] | None
+    auth_method_pinned: bool = True
 
     @property
     def public(self) -> bool:
         return self.auth_method == "none"
 
+    @property
+    def auth_methods(self) -> frozenset[str]:
+        """The methods the client may authenticate with: its registered one, or either secret
+        method when it was registered without choosing (as Keycloak does)."""
+        return accepted_methods(self.auth_method, self.auth_method_pinned)
+
     @classmethod
     def of(cls, c: Client) -> ClientInfo:
         return cls(c.client_id, c.name, c.secret_hash, c.auth_method, tuple(c.redirect_uris),
                    tuple(c.post_logout_redirect_uris), frozenset(c.grant_types),
-                   frozenset(c.scopes), tuple(c.roles), c.jwks)
+                   frozenset(c.scopes), tuple(c.roles), c.jwks,
+                   c.auth_method_pinned is not False)
 
 
-CLIENT_SQL = ("SELECT client_id, name, secret_hash, auth_method, redirect_uris, "
-              "post_logout_redirect_uris, grant_types, scopes, roles, jwks FROM clients "
-              "WHERE client_id = :client_id")
+def accepted_methods(auth_method: str, pinned: bool) -> frozenset[str]:
+    if auth_method in SECRET_METHODS and not pinned:
+        return SECRET_METHODS
+    return frozenset({auth_method})
+
+
+CLIENT_SQL = ("SELECT client_id, name, secret_hash, auth_method, auth_method_pinned, "
+              "redirect_uris, post_logout_redirect_uris, grant_types, scopes, roles, jwks "
+              "FROM clients WHERE client_id = :client_id")
 
 
 def client_from_row(row: Any) -> ClientInfo:
@@ -71,18 +87,11 @@ def client_from_row(row: Any) -> ClientInfo:
                       tuple(js(row["redirect_uris"]) or ()),
                       tuple(js(row["post_logout_redirect_uris"]) or ()),
                       frozenset(js(row["grant_types"]) or ()), frozenset(js(row["scopes"]) or ()),
-                      tuple(js(row["roles"]) or ()), js(row["jwks"]))
+                      tuple(js(row["roles"]) or ()), js(row["jwks"]),
+                      # SQLite returns 0/1; anything but an explicit false stays pinned
+                      row["auth_method_pinned"] not in (False, 0))
 
 
-def is_loopback_host(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_redirect_uri(uri: str) -> str:
@@ -103,7 +112,7 @@ def check_redirect_uri(uri: str) -> str:
 
 def check_scopes(scopes: list[str]) -> list[str]:
     for s in scopes:
-        if not SCOPE_TOKEN_RE.match(s):
+        if not isinstance(s, str) or not SCOPE_TOKEN_RE.fullmatch(s):
             raise IdentityError(f"invalid scope: {s!r}")
     return sorted(set(scopes))
 
@@ -125,7 +134,12 @@ async def create_client(db: AsyncSession, wrapper: KeyWrapper, *, name: str,
                         jwks: dict[str, Any] | None = None,
                         post_logout_redirect_uris: list[str] | None = None,
                         client_id: str | None = None) -> tuple[Client, str | None]:
-    """Register a client; returns it with its secret (shown once; None for public clients)."""
+    """Register a client; returns it with its secret (shown once; None for public clients).
+
+    ``auth_method`` None: ``none`` for public clients, ``private_key_jwt`` with a JWKS, else
+    a secret accepted with either ``client_secret_basic`` or ``client_secret_post`` (the
+    registered value is ``client_secret_basic``, RFC 7591 §2's default). An explicit method
+    pins the client to it."""
     grant_types = sorted(set(grant_types or ["authorization_code", "refresh_token"]))
     for g in grant_types:
         if g not in GRANT_TYPES:
@@ -146,15 +160,19 @@ async def create_client(db: AsyncSession, wrapper: KeyWrapper, *, name: str,
     uris = [check_redirect_uri(u) for u in redirect_uris]
     logout_uris = [check_redirect_uri(u) for u in post_logout_redirect_uris or []]
     cid = client_id or secrets.token_urlsafe(16)
-    if not CLIENT_ID_RE.match(cid):
+    if not CLIENT_ID_RE.fullmatch(cid):
         raise IdentityError("client_id must be 1-128 unreserved characters")
     if await db.get(Client, cid) is not None:
         raise IdentityError(f"client {cid!r} already exists")
+    if await db.scalar(select(User.id).where((User.id == cid) | (User.username == cid))):
+        raise IdentityError(f"client_id {cid!r} names a user; choose another")  # sub == client_id
     secret = None if method in ("none", "private_key_jwt") else secrets.token_urlsafe(32)
     client = Client(
         client_id=cid, name=name[:256],
         secret_hash=secret_hash(wrapper, secret) if secret else None,
-        auth_method=method, redirect_uris=uris, post_logout_redirect_uris=logout_uris,
+        auth_method=method,
+        auth_method_pinned=auth_method is not None or method not in SECRET_METHODS,
+        redirect_uris=uris, post_logout_redirect_uris=logout_uris,
         grant_types=grant_types,
         scopes=check_scopes(scopes if scopes is not None else ["openid", "profile", "email"]),
         roles=sorted(set(roles or [])), jwks=jwks, created_at=int(time.time()),

@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from bastion.identity.clients import ClientInfo, is_loopback_host
+from bastion.edge.http import is_loopback_host
+from bastion.identity.clients import CLIENT_ID_RE, ClientInfo
 from bastion.oauth import errors, rfc7636, rfc9207
 from bastion.oauth.params import form_params, query_params
 from bastion.oauth.provider import Provider
@@ -36,6 +37,9 @@ PROMPTS = {"none", "login", "consent", "select_account"}
 MAX_STATE = 2048
 MAX_NONCE = 512
 MAX_AGE_RE = re.compile(r"[0-9]{1,9}")
+# C0 and C1 control characters (NUL included): never accepted in text that is echoed back
+# (state) or copied into tokens (nonce)
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass
@@ -61,12 +65,13 @@ class PendingRequest:
 
 class PageError(Exception):
     """An error shown to the user, never redirected (unknown client or bad redirect URI:
-    RFC 6749 §4.1.2.1 — the server MUST NOT redirect)."""
+    RFC 6749 §4.1.2.1 — the server MUST NOT redirect). ``code`` names it in the audit."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, code: str = "InvalidRequest") -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.code = code
 
 
 class RedirectError(Exception):
@@ -110,23 +115,24 @@ async def parse_request(params: dict[str, str], provider: Provider, browser: str
                         ) -> PendingRequest:
     client_id = params.get("client_id")
     if not client_id:
-        raise PageError("The request has no client_id.")
+        raise PageError("The request has no client_id.", code="MissingClientId")
     client = await provider.client(client_id)
     if client is None:
-        raise PageError("Unknown client.")
+        raise PageError("Unknown client.", code="UnknownClient")
     redirect_param = params.get("redirect_uri", "")
     if redirect_param:
         if not match_redirect_uri(client, redirect_param):
-            raise PageError("The redirect_uri is not registered for this client.")
+            raise PageError("The redirect_uri is not registered for this client.",
+                            code="UnregisteredRedirectUri")
         redirect_uri = redirect_param
     elif len(client.redirect_uris) == 1 and "openid" not in params.get("scope", "").split():
         redirect_uri = client.redirect_uris[0]  # RFC 6749 §3.1.2.3
     else:
-        raise PageError("The request has no redirect_uri.")
+        raise PageError("The request has no redirect_uri.", code="MissingRedirectUri")
 
     state = params.get("state")
-    if state is not None and len(state) > MAX_STATE:
-        state = None  # do not echo oversized values back
+    if state is not None and (len(state) > MAX_STATE or CONTROL_RE.search(state)):
+        state = None  # never echo oversized values or control characters back
 
     def fail(err: errors.OAuthError) -> RedirectError:
         return RedirectError(err, redirect_uri, state)
@@ -136,7 +142,7 @@ async def parse_request(params: dict[str, str], provider: Provider, browser: str
     if "request_uri" in params:
         raise fail(errors.RequestUriNotSupported("request_uri is not supported"))
     if params.get("state") is not None and state is None:
-        raise fail(errors.InvalidRequest("state too long"))
+        raise fail(errors.InvalidRequest("state too long or not text"))
     response_type = params.get("response_type")
     if response_type is None:
         raise fail(errors.InvalidRequest("response_type required"))
@@ -162,7 +168,7 @@ async def parse_request(params: dict[str, str], provider: Provider, browser: str
         raise fail(exc) from None
 
     nonce = params.get("nonce")
-    if nonce is not None and (len(nonce) > MAX_NONCE or "\x00" in nonce):
+    if nonce is not None and (len(nonce) > MAX_NONCE or CONTROL_RE.search(nonce)):
         raise fail(errors.InvalidRequest("nonce too long or not text"))
     prompt = params.get("prompt", "").split()
     if any(p not in PROMPTS for p in prompt):
@@ -243,7 +249,25 @@ async def resume(request: Request, provider: Provider, req: PendingRequest) -> R
     return await issue_code(provider, req, session)
 
 
-async def issue_code(provider: Provider, req: PendingRequest, session: Session) -> Response:
+async def take_pending(provider: Provider, req: PendingRequest) -> bool:
+    """Consume the pending request with one atomic get-and-delete (KV ``pop``: Redis GETDEL):
+    of two concurrent submissions only one gets True, so a pending request yields at most
+    one code, one consent decision."""
+    raw = await provider.kv.pop(req.key())
+    if raw is None:
+        return False
+    taken = PendingRequest(**json.loads(raw))
+    return secrets.compare_digest(taken.browser_hash, req.browser_hash)
+
+
+async def issue_code(provider: Provider, req: PendingRequest, session: Session, *,
+                     taken: bool = False) -> Response:
+    """Redirect to the client with a new code. ``taken``: the caller already consumed the
+    pending request with ``take_pending``."""
+    if not taken and not await take_pending(provider, req):
+        from bastion.oauth.pages import expired_page  # pages import this module
+
+        return expired_page()
     code = secrets.token_urlsafe(32)
     now = int(time.time())
     async with provider.sessions.begin() as db:
@@ -253,7 +277,6 @@ async def issue_code(provider: Provider, req: PendingRequest, session: Session) 
             scope=" ".join(req.scopes), nonce=req.nonce, code_challenge=req.code_challenge,
             auth_time=session.auth_time, amr=session.amr,
             expires_at=now + provider.settings.code_ttl, consumed_at=None, family_id=None))
-    await provider.kv.delete(req.key())  # a pending request yields one code
     await provider.audit.emit("Authorize", user_identity={
         "type": "IAMUser", "principalId": session.user_id},
         request_parameters={"clientId": req.client_id, "scope": " ".join(req.scopes),
@@ -264,10 +287,26 @@ async def issue_code(provider: Provider, req: PendingRequest, session: Session) 
     return RedirectResponse(url, status_code=303)
 
 
+async def _audit_refusal(provider: Provider, params: dict[str, str], code: str,
+                         message: str) -> None:
+    """A refused authorization request: which client and redirect URI were asked for (never
+    ``state``, ``nonce`` or the PKCE challenge)."""
+    client_id = params.get("client_id")
+    await provider.audit.emit(
+        "Authorize", user_identity={"type": "Anonymous"},
+        request_parameters={
+            "clientId": client_id if client_id and CLIENT_ID_RE.fullmatch(client_id) else None,
+            "redirectUri": params.get("redirect_uri", "")[:512] or None,
+            "responseType": params.get("response_type", "")[:64] or None,
+            "scope": params.get("scope", "")[:512] or None},
+        error_code=code, error_message=message[:500])
+
+
 async def authorize_endpoint(provider: Provider, request: Request) -> Response:
     from bastion.oauth.pages import error_page  # pages import this module
 
     browser, fresh = browser_id(request, provider.secure_cookies)
+    params: dict[str, str] = {}
     try:
         if request.method == "POST":  # OIDC Core §3.1.2.1: GET and POST MUST be supported
             params = await form_params(request, provider.settings.max_body_bytes)
@@ -277,12 +316,17 @@ async def authorize_endpoint(provider: Provider, request: Request) -> Response:
         await save_pending(provider, req)
         response = await resume(request, provider, req)
     except PageError as exc:
+        await _audit_refusal(provider, params, exc.code, exc.message)
         return error_page(exc.message, exc.status)
     except errors.PayloadTooLarge:
         return error_page("The request is too large.", 413)
     except errors.OAuthError as exc:
+        await _audit_refusal(provider, params, exc.error, exc.description or exc.error)
         return error_page(exc.description or exc.error, 400)
     except RedirectError as exc:
+        if exc.error.error not in ("login_required", "consent_required"):  # not refusals
+            await _audit_refusal(provider, params, exc.error.error,
+                                 exc.error.description or exc.error.error)
         response = error_redirect(provider, exc)
     if fresh:
         set_cookie(response, BROWSER_COOKIE, browser, secure=provider.secure_cookies,

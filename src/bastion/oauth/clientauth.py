@@ -1,9 +1,11 @@
 """Client authentication at the token, revocation and introspection endpoints.
 
 RFC 6749 §2.3.1 (``client_secret_basic``, ``client_secret_post``), RFC 7523 §2.2 with OIDC
-Core §9 (``private_key_jwt``), and ``none`` for public clients (RFC 6749 §2.1). A client
-uses exactly one method, the one it registered (RFC 9700 §2.4 asks for sender-constrained or
-authenticated clients; a client may not downgrade itself to ``none``).
+Core §9 (``private_key_jwt``), and ``none`` for public clients (RFC 6749 §2.1). A request
+uses exactly one method, one the client registered (RFC 9700 §2.4 asks for
+sender-constrained or authenticated clients; a client may not downgrade itself to ``none``).
+A client registered without choosing a method accepts either secret method
+(``ClientInfo.auth_methods``); an explicit method pins it.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from urllib.parse import unquote
 
 from starlette.requests import Request
 
-from bastion.identity.clients import ClientInfo, secret_matches
-from bastion.oauth.errors import InvalidClient, InvalidRequest
+from bastion.identity.clients import CLIENT_ID_RE, ClientInfo, secret_matches
+from bastion.oauth.errors import InvalidClient, InvalidRequest, OAuthError
 from bastion.oauth.provider import Provider
 from bastion.oauth.rfc7523 import verify_client_assertion
 
@@ -38,7 +40,7 @@ def _basic(header: str) -> tuple[str, str]:
 
 
 async def authenticate_client(request: Request, params: dict[str, str],
-                              provider: Provider, endpoint: str) -> ClientInfo:
+                              provider: Provider) -> ClientInfo:
     """Identify and authenticate the calling client, or raise ``InvalidClient``."""
     auth = request.headers.get("authorization")
     assertion_type = params.get("client_assertion_type")
@@ -57,7 +59,7 @@ async def authenticate_client(request: Request, params: dict[str, str],
         if params.get("client_id", client_id) != client_id:
             raise InvalidRequest("client_id does not match the authenticated client")
     elif method == "private_key_jwt":
-        client_id = await verify_client_assertion(params, provider, endpoint)
+        client_id = await verify_client_assertion(params, provider)
     else:
         client_id = params.get("client_id", "")
         secret = params.get("client_secret", "")
@@ -65,10 +67,39 @@ async def authenticate_client(request: Request, params: dict[str, str],
         raise InvalidClient("client authentication required")
 
     client = await provider.client(client_id)
-    if client is None or client.auth_method != method:
+    if client is None or method not in client.auth_methods:
         # same answer for unknown clients and wrong methods: no client enumeration
         raise InvalidClient("client authentication failed")
     if method in ("client_secret_basic", "client_secret_post") and not secret_matches(
             provider.wrapper, client, secret):
         raise InvalidClient("client authentication failed")
     return client
+
+
+def claimed_client_id(request: Request, params: dict[str, str]) -> str | None:
+    """The client_id a refused request claimed (Basic user name or ``client_id``), for the
+    audit trail: only when it has the shape of a client id, never the secret."""
+    claimed = params.get("client_id")
+    auth = request.headers.get("authorization")
+    if claimed is None and auth is not None:
+        try:
+            claimed = _basic(auth)[0]
+        except InvalidClient:
+            return None
+    return claimed if claimed is not None and CLIENT_ID_RE.fullmatch(claimed) else None
+
+
+async def audit_refusal(provider: Provider, event: str, request: Request,
+                        params: dict[str, str], exc: OAuthError,
+                        client: ClientInfo | None) -> None:
+    """One record for a refused revocation or introspection request: the client if it
+    authenticated, else the client_id it claimed; the error. Never the token, the secret or
+    the assertion."""
+    identity = {"type": "Client", "principalId": client.client_id,
+                "clientId": client.client_id} if client else {"type": "Anonymous"}
+    await provider.audit.emit(
+        event, user_identity=identity,
+        request_parameters={"clientId": client.client_id if client else
+                            claimed_client_id(request, params),
+                            "tokenTypeHint": params.get("token_type_hint", "")[:32] or None},
+        error_code=exc.error, error_message=(exc.description or exc.error)[:500])

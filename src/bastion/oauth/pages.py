@@ -14,9 +14,9 @@ from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from bastion.edge.http import csrf_ok, csrf_token, is_loopback_host
 from bastion.iam.scheme import principal_arn
 from bastion.identity import totp
-from bastion.identity.clients import is_loopback_host
 from bastion.identity.passwords import verify_password
 from bastion.identity.users import USERNAME_RE, get_user_by_name
 from bastion.kms import UnwrapError
@@ -29,6 +29,7 @@ from bastion.oauth.authorize import (
     load_pending,
     resume,
     save_pending,
+    take_pending,
 )
 from bastion.oauth.params import form_params, query_params
 from bastion.oauth.provider import Provider
@@ -36,8 +37,6 @@ from bastion.oauth.sessions import (
     BROWSER_COOKIE,
     SESSION_COOKIE,
     create_session,
-    csrf_ok,
-    csrf_token,
     end_session,
     load_session,
     read_cookie,
@@ -110,7 +109,7 @@ def _form_error(exc: errors.OAuthError) -> HTMLResponse:
     return error_page("Malformed request.")
 
 
-def _expired() -> HTMLResponse:
+def expired_page() -> HTMLResponse:
     return error_page("Your sign-in request has expired or was started in another browser.",
                       400, "Sign-in expired")
 
@@ -191,7 +190,7 @@ async def login_page(provider: Provider, request: Request) -> Response:
         return error_page("Malformed request.")
     req = await load_pending(provider, params.get("r"), browser)
     if req is None or browser is None:
-        return _expired()
+        return expired_page()
     return await _login_form(provider, req, browser)
 
 
@@ -203,32 +202,42 @@ async def login_submit(provider: Provider, request: Request) -> Response:
         return _form_error(exc)
     req = await load_pending(provider, form.get("r"), browser)
     if req is None or browser is None:
-        return _expired()
+        return expired_page()
     if not csrf_ok(browser, req.id, form.get("csrf")):
         return error_page("The form could not be verified. Please try again.", 403)
     username = form.get("username", "")[:128]
     password = form.get("password", "")
     ip = _client_ip(request)
-    wait = await provider.throttle.retry_after(username, ip)
     async with provider.sessions() as db:
-        user = await get_user_by_name(db, username) if USERNAME_RE.match(username) else None
+        user = await get_user_by_name(db, username) if USERNAME_RE.fullmatch(username) else None
     # CloudTrail's rule: a name that is no account may be a mistyped password; not recorded
     who = username if user is not None else HIDDEN
-    if wait > 0:
+    # counted before the password is checked: concurrent guesses cannot all pass the check
+    attempt = await provider.throttle.reserve(username, ip)
+    if not attempt.allowed:
         await _audit_login(provider, "Login", who, req, "Throttled",
                            "too many failed attempts")
         return await _login_form(provider, req, browser, username=username, status=429,
-                                 message=f"Too many attempts. Try again in {int(wait) + 1} "
-                                         "seconds.")
-    ok = await verify_password(user.password_hash if user else None, password)
+                                 message=f"Too many attempts. Try again in "
+                                         f"{int(attempt.wait) + 1} seconds.")
+    try:
+        ok = await verify_password(user.password_hash if user else None, password)
+    except BaseException:
+        await provider.throttle.failed(attempt)  # an unfinished attempt counts (fail closed)
+        raise
     if not ok or user is None or user.disabled:
-        await provider.throttle.failure(username, ip)
+        await provider.throttle.failed(attempt)
         await _audit_login(provider, "Login", who, req, "InvalidCredentials",
                            "unknown user, wrong password or disabled account")
         # identical answer for unknown users, wrong passwords and disabled accounts
         return await _login_form(provider, req, browser, username=username, status=401,
                                  message="Invalid username or password.")
-    await provider.throttle.success(username)
+    if user.totp_secret is not None:
+        # not signed in yet: the password step resets no counter (the code step is throttled
+        # by the same account counter)
+        await provider.throttle.released(attempt)
+    else:
+        await provider.throttle.succeeded(attempt)
     await _audit_login(provider, "Login", username, req, None, None,
                        mfa_required=user.totp_secret is not None)
     if user.totp_secret is not None:
@@ -253,7 +262,7 @@ async def mfa_page(provider: Provider, request: Request) -> Response:
         return error_page("Malformed request.")
     req = await load_pending(provider, params.get("r"), browser)
     if req is None or browser is None or req.user_id is None:
-        return _expired()
+        return expired_page()
     return await _mfa_form(req, browser)
 
 
@@ -265,28 +274,33 @@ async def mfa_submit(provider: Provider, request: Request) -> Response:
         return _form_error(exc)
     req = await load_pending(provider, form.get("r"), browser)
     if req is None or browser is None or req.user_id is None:
-        return _expired()
+        return expired_page()
     if not csrf_ok(browser, req.id, form.get("csrf")):
         return error_page("The form could not be verified. Please try again.", 403)
     async with provider.sessions() as db:
         user = await db.get(User, req.user_id)
     if user is None or user.totp_secret is None or user.disabled:
-        return _expired()
-    ip = _client_ip(request)
-    if await provider.throttle.retry_after(user.username, ip) > 0:
-        await _audit_login(provider, "VerifyMfa", user.username, req, "Throttled",
-                           "too many failed attempts")
-        return await _mfa_form(req, browser, "Too many attempts. Try again later.", 429)
+        return expired_page()
     try:
         secret = provider.wrapper.unwrap(user.totp_secret, "totp").decode()
     except UnwrapError:
         return error_page("Two-step verification is unavailable for this account.", 500)
-    if not await totp.verify_code(secret, form.get("code", ""), user.id, provider.kv):
-        await provider.throttle.failure(user.username, ip)
+    attempt = await provider.throttle.reserve(user.username, _client_ip(request))
+    if not attempt.allowed:
+        await _audit_login(provider, "VerifyMfa", user.username, req, "Throttled",
+                           "too many failed attempts")
+        return await _mfa_form(req, browser, "Too many attempts. Try again later.", 429)
+    try:
+        valid = await totp.verify_code(secret, form.get("code", ""), user.id, provider.kv)
+    except BaseException:
+        await provider.throttle.failed(attempt)  # an unfinished attempt counts (fail closed)
+        raise
+    if not valid:
+        await provider.throttle.failed(attempt)
         await _audit_login(provider, "VerifyMfa", user.username, req, "InvalidMfaCode",
                            "the one-time code was not valid")
         return await _mfa_form(req, browser, "That code is not valid.", 401)
-    await provider.throttle.success(user.username)
+    await provider.throttle.succeeded(attempt)  # only now is the user authenticated
     await _audit_login(provider, "VerifyMfa", user.username, req, None, None)
     return await _signed_in(request, provider, req, user, ["pwd", "otp", "mfa"])
 
@@ -299,7 +313,7 @@ async def consent_page(provider: Provider, request: Request) -> Response:
         return error_page("Malformed request.")
     req = await load_pending(provider, params.get("r"), browser)
     if req is None or browser is None:
-        return _expired()
+        return expired_page()
     async with provider.sessions() as db:
         session = await load_session(db, read_cookie(request, SESSION_COOKIE,
                                                      provider.secure_cookies))
@@ -321,7 +335,7 @@ async def consent_submit(provider: Provider, request: Request) -> Response:
         return _form_error(exc)
     req = await load_pending(provider, form.get("r"), browser)
     if req is None or browser is None:
-        return _expired()
+        return expired_page()
     if not csrf_ok(browser, req.id, form.get("csrf")):
         return error_page("The form could not be verified. Please try again.", 403)
     async with provider.sessions.begin() as db:
@@ -329,13 +343,15 @@ async def consent_submit(provider: Provider, request: Request) -> Response:
                                                      provider.secure_cookies))
         if session is None:
             return RedirectResponse(f"/login?r={req.id}", status_code=303)
+        # one decision per pending request: of concurrent posts, only one takes it
+        if not await take_pending(provider, req):
+            return expired_page()
         consent = {"clientId": req.client_id, "scope": " ".join(req.scopes)}
         actor = {"type": "IAMUser", "principalId": session.user_id}
         if form.get("decision") != "allow":
             await provider.audit.emit("GrantConsent", user_identity=actor,
                                       request_parameters=consent, error_code="ConsentDenied",
                                       error_message="the user denied the request")
-            await provider.kv.delete(req.key())
             return error_redirect(provider, RedirectError(
                 errors.AccessDenied("the user denied the request"), req.redirect_uri, req.state))
         existing = await db.scalar(select(Consent).where(Consent.user_id == session.user_id,
@@ -348,4 +364,4 @@ async def consent_submit(provider: Provider, request: Request) -> Response:
             existing.scopes = sorted(set(existing.scopes) | set(req.scopes))
             existing.granted_at = now
     await provider.audit.emit("GrantConsent", user_identity=actor, request_parameters=consent)
-    return await issue_code(provider, req, session)
+    return await issue_code(provider, req, session, taken=True)

@@ -8,6 +8,7 @@ from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 
+from bastion.edge import http
 from bastion.oauth.errors import InvalidRequest, PayloadTooLarge
 
 MAX_PARAM_LEN = 4096
@@ -35,26 +36,18 @@ def query_params(request: Request) -> dict[str, str]:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise InvalidRequest("malformed Content-Length")
-        if int(declared) > limit:
-            raise PayloadTooLarge("request body too large")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge("request body too large")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """``edge.http.read_body`` with OAuth's errors."""
+    try:
+        return await http.read_body(request, limit)
+    except http.BodyError as exc:
+        if exc.status == 413:
+            raise PayloadTooLarge("request body too large") from None
+        raise InvalidRequest(str(exc)) from None
 
 
 async def form_params(request: Request, limit: int) -> dict[str, str]:
     """RFC 6749 §3.2: application/x-www-form-urlencoded with UTF-8."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/x-www-form-urlencoded":
+    if http.media_type(request) != "application/x-www-form-urlencoded":
         raise InvalidRequest("content type must be application/x-www-form-urlencoded")
     body = await read_body(request, limit)
     try:

@@ -16,7 +16,7 @@ from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bastion.audit.notary import Notary
-from bastion.audit.sinks import Sink, parse_sinks
+from bastion.audit.sinks import Sink, parse_sinks, sink_secret
 from bastion.audit.trail import AuditTrail
 from bastion.config import Settings
 from bastion.iam.admin import IamAdmin
@@ -101,7 +101,7 @@ class Provider:
         hit = self._clients.get(client_id)
         if hit is not None and hit[0] > now:
             return hit[1]
-        if not CLIENT_ID_RE.match(client_id):
+        if not CLIENT_ID_RE.fullmatch(client_id):
             return None
         # single flight: when the entry expires under load, one lookup serves every waiter
         pending = self._client_lookups.get(client_id)
@@ -171,17 +171,26 @@ class Provider:
                                                            "purge")))
         self._tasks.append(asyncio.create_task(self._every(1.0, "checkpoint")))
         self._tasks.append(asyncio.create_task(self._every(1.0, "audit_housekeeping")))
-        for spec in parse_sinks(self.settings.audit_sinks):
+        for spec in parse_sinks(self.settings.audit_sinks, allow_http_loopback=self.settings
+                                .audit_sink_allow_http_loopback):
             sink = Sink(spec, self.fast, self.settings.data_dir / "audit-sinks",
-                        ocsf=self.settings.audit_sink_format == "ocsf")
+                        ocsf=self.settings.audit_sink_format == "ocsf",
+                        secret=sink_secret(self.settings),
+                        allow_http_loopback=self.settings.audit_sink_allow_http_loopback)
             self._sinks.append(sink)
             self._tasks.append(asyncio.create_task(sink.run()))
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.audit.flush()
+        lost: Exception | None = None
+        try:
+            await self.audit.close()  # logs what was spooled or lost; raises on a loss
+        except Exception as exc:  # re-raised once everything else is closed
+            lost = exc
+        try:
             if self.audit.appended > self._checkpointed[0]:
                 await self.notary.checkpoint()
+        except Exception:
+            log.exception("audit: the final checkpoint at shutdown failed")
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -192,6 +201,8 @@ class Provider:
         await self.kv.close()
         await self.fast.close()
         await self.engine.dispose()
+        if lost is not None:
+            raise lost
 
 
 class KeyRingSource:

@@ -12,7 +12,8 @@ import logging
 from starlette.requests import Request
 from starlette.responses import Response
 
-from bastion.oauth.clientauth import authenticate_client
+from bastion.identity.clients import ClientInfo
+from bastion.oauth.clientauth import audit_refusal, authenticate_client
 from bastion.oauth.errors import NO_STORE, InvalidRequest, OAuthError
 from bastion.oauth.families import revoke_families
 from bastion.oauth.lookup import find_access, find_refresh
@@ -23,11 +24,13 @@ log = logging.getLogger("bastion.oauth.revoke")
 
 
 async def revocation_endpoint(provider: Provider, request: Request) -> Response:
+    params: dict[str, str] = {}
+    client: ClientInfo | None = None
     try:
         if request.method != "POST":
             raise InvalidRequest("use POST")  # §2.1: HTTP POST
         params = await form_params(request, provider.settings.max_body_bytes)
-        client = await authenticate_client(request, params, provider, "/revoke")
+        client = await authenticate_client(request, params, provider)
         token = params.get("token")
         if not token:
             raise InvalidRequest("token required")
@@ -58,6 +61,8 @@ async def revocation_endpoint(provider: Provider, request: Request) -> Response:
             request_parameters={"tokenTypeHint": (hint or "")[:32]},
             response_elements={"revoked": revoked})
     except OAuthError as exc:
+        # a refusal is a security decision too (failed client authentication above all)
+        await audit_refusal(provider, "RevokeToken", request, params, exc, client)
         return exc.response()
     # §2.2: 200 also for invalid or unknown tokens (nothing to tell an attacker)
     return Response(status_code=200, headers=NO_STORE)

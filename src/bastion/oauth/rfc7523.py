@@ -1,7 +1,10 @@
 """RFC 7523 — JWT Profile for OAuth 2.0 Client Authentication (``private_key_jwt``, as
 profiled by OpenID Connect Core §9). https://www.rfc-editor.org/rfc/rfc7523
 
-The client signs a short-lived JWT with a key whose public half it registered.
+The client signs a short-lived JWT with a key whose public half it registered. Its ``aud``
+must be exactly the issuer identifier, as a single string: not the token endpoint URL, not
+an array (draft-ietf-oauth-rfc7523bis, the 2025 audience-injection attacks, where an
+assertion made for one endpoint or server is replayed at another).
 """
 
 from __future__ import annotations
@@ -15,14 +18,15 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from bastion.oauth.errors import InvalidClient, InvalidRequest
+from bastion.tokens.algorithms import ALLOWED, ALLOWED_SORTED
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-ALGORITHMS = ["ES256", "ES384", "RS256", "PS256", "EdDSA"]
+ALGORITHMS = list(ALLOWED_SORTED)  # the one allow-list: bastion.tokens.algorithms
 MAX_ASSERTION = 8192
 MAX_LIFETIME = 3600  # §3 4.: "unreasonably far in the future" is refused; Authlib signs 1 h
 
 
-async def verify_client_assertion(params: dict[str, str], provider: Any, endpoint: str) -> str:
+async def verify_client_assertion(params: dict[str, str], provider: Any) -> str:
     """Return the authenticated client_id, or raise ``InvalidClient``."""
     if params.get("client_assertion_type") != ASSERTION_TYPE:
         raise InvalidRequest("unsupported client_assertion_type")
@@ -43,7 +47,7 @@ async def verify_client_assertion(params: dict[str, str], provider: Any, endpoin
         raise InvalidClient("client_assertion iss and sub must be the client_id")
     if params.get("client_id", client_id) != client_id:
         raise InvalidRequest("client_id does not match client_assertion")
-    if header.get("alg") not in ALGORITHMS or any(h in header for h in ("jku", "x5u", "jwk",
+    if header.get("alg") not in ALLOWED or any(h in header for h in ("jku", "x5u", "jwk",
                                                                            "crit")):
         raise InvalidClient("client_assertion algorithm or header not allowed")
     client = await provider.client(client_id)
@@ -57,12 +61,11 @@ async def verify_client_assertion(params: dict[str, str], provider: Any, endpoin
         raise InvalidClient("client authentication failed") from None
     c = token.claims
     now = int(time.time())
-    # §3 3.: aud MUST identify the authorization server (token endpoint or issuer)
+    # §3 3.: aud MUST identify the authorization server. rfc7523bis: the issuer identifier
+    # and nothing else, as a string (an array or an endpoint URL could be another server's)
     aud = c.get("aud")
-    auds = aud if isinstance(aud, list) else [aud]
-    if not ({provider.issuer_url, provider.url(endpoint), provider.url("/token")} & set(
-            a for a in auds if isinstance(a, str))):
-        raise InvalidClient("client_assertion audience invalid")
+    if not isinstance(aud, str) or aud != provider.issuer_url:
+        raise InvalidClient("client_assertion audience must be the issuer identifier")
     # §3 4.: exp MUST be present and in the future; we also cap the lifetime
     exp, iat = c.get("exp"), c.get("iat", now)
     if not isinstance(exp, int) or isinstance(exp, bool) or exp < now - 30 or \

@@ -13,9 +13,9 @@ import re
 from bastion.oauth.errors import InvalidGrant, InvalidRequest
 
 # §4.1: code_verifier = 43*128unreserved
-VERIFIER_RE = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
+VERIFIER_RE = re.compile(r"[A-Za-z0-9\-._~]{43,128}")  # used with fullmatch
 # §4.2: S256 challenge is BASE64URL(SHA256(verifier)) = 43 characters, no padding
-CHALLENGE_RE = re.compile(r"^[A-Za-z0-9\-_]{43}$")
+CHALLENGE_RE = re.compile(r"[A-Za-z0-9\-_]{43}")
 
 
 def check_challenge(challenge: str | None, method: str | None, *, required: bool) -> None:
@@ -29,7 +29,7 @@ def check_challenge(challenge: str | None, method: str | None, *, required: bool
     # §4.3: defaults to "plain" when absent; we refuse plain, so the method is required
     if method != "S256":
         raise InvalidRequest("code_challenge_method must be S256")
-    if not CHALLENGE_RE.match(challenge):
+    if not CHALLENGE_RE.fullmatch(challenge):
         raise InvalidRequest("malformed code_challenge")
 
 
@@ -48,7 +48,7 @@ def verify(challenge: str | None, verifier: str | None) -> None:
         return
     if verifier is None:
         raise InvalidGrant("code_verifier required")
-    if not VERIFIER_RE.match(verifier):
+    if not VERIFIER_RE.fullmatch(verifier):
         raise InvalidGrant("malformed code_verifier")
     if not hmac.compare_digest(s256(verifier), challenge):
         raise InvalidGrant("code_verifier does not match code_challenge")

@@ -12,7 +12,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from bastion.oauth.clientauth import authenticate_client
+from bastion.identity.clients import ClientInfo
+from bastion.oauth.clientauth import audit_refusal, authenticate_client
 from bastion.oauth.errors import NO_STORE, InvalidClient, InvalidRequest, OAuthError
 from bastion.oauth.lookup import find_access, find_refresh
 from bastion.oauth.params import form_params
@@ -22,11 +23,13 @@ INACTIVE = {"active": False}
 
 
 async def introspection_endpoint(provider: Provider, request: Request) -> Response:
+    params: dict[str, str] = {}
+    client: ClientInfo | None = None
     try:
         if request.method != "POST":
             raise InvalidRequest("use POST")  # §2.1
         params = await form_params(request, provider.settings.max_body_bytes)
-        client = await authenticate_client(request, params, provider, "/introspect")
+        client = await authenticate_client(request, params, provider)
         if client.public:
             raise InvalidClient("public clients may not introspect")
         token = params.get("token")
@@ -35,6 +38,8 @@ async def introspection_endpoint(provider: Provider, request: Request) -> Respon
         body = await _describe(provider, client.client_id, token,
                                params.get("token_type_hint"))
     except OAuthError as exc:
+        # a refusal is a security decision too (failed client authentication above all)
+        await audit_refusal(provider, "IntrospectToken", request, params, exc, client)
         return exc.response()
     await provider.audit.emit(
         "IntrospectToken", user_identity={"type": "Client", "clientId": client.client_id},

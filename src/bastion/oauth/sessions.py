@@ -8,7 +8,6 @@ form posted from another site (or another browser) is refused (RFC 9700 §4.7 / 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 import time
 
@@ -77,11 +76,3 @@ def browser_id(request: Request, secure: bool) -> tuple[str, bool]:
     return secrets.token_urlsafe(32), True
 
 
-def csrf_token(browser: str, request_id: str) -> str:
-    return hmac.new(browser.encode(), b"csrf:" + request_id.encode(), hashlib.sha256).hexdigest()
-
-
-def csrf_ok(browser: str | None, request_id: str, presented: str | None) -> bool:
-    if not browser or not presented:
-        return False
-    return hmac.compare_digest(csrf_token(browser, request_id).encode(), presented.encode())

@@ -42,7 +42,7 @@ class TokenEndpoint:
             grant_type = params.get("grant_type")
             if not grant_type:
                 raise InvalidRequest("grant_type required")
-            client = await authenticate_client(request, params, self.provider, "/token")
+            client = await authenticate_client(request, params, self.provider)
             client_id = client.client_id
             handler = self.grants.get(grant_type)
             if handler is None:

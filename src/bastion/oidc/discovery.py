@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse, Response
 
 from bastion.oauth.provider import Provider
 from bastion.oauth.rfc8414 import metadata
+from bastion.tokens.algorithms import SIGNING
 
 
 def openid_configuration(provider: Provider, grant_types: list[str]) -> dict[str, Any]:
@@ -18,7 +19,7 @@ def openid_configuration(provider: Provider, grant_types: list[str]) -> dict[str
         "userinfo_endpoint": provider.url("/userinfo"),
         "end_session_endpoint": provider.url("/logout"),
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": sorted({alg, "ES256", "RS256", "EdDSA"}),
+        "id_token_signing_alg_values_supported": sorted({alg, *SIGNING}),
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "sid",
                              "amr", "azp", "at_hash", "name", "preferred_username", "email",
                              "email_verified", "roles"],

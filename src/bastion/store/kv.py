@@ -22,8 +22,9 @@ class KV(Protocol):
         """Get and delete atomically: of two concurrent calls, only one gets the value."""
         ...
     async def delete(self, key: str) -> None: ...
-    async def incr(self, key: str, ttl: float) -> int:
-        """Increment a counter; the expiry is set when the counter is created."""
+    async def incr(self, key: str, ttl: float, by: int = 1) -> int:
+        """Add ``by`` (may be negative) to a counter atomically and return the new value;
+        the expiry is set when the counter is created."""
         ...
     async def close(self) -> None: ...
 
@@ -76,13 +77,13 @@ class MemoryKV:
     async def delete(self, key: str) -> None:
         self._data.pop(key, None)
 
-    async def incr(self, key: str, ttl: float) -> int:
+    async def incr(self, key: str, ttl: float, by: int = 1) -> int:
         self._tick()
         current = self._live(key)
         if current is None:
-            self._data[key] = (b"1", time.monotonic() + ttl)
-            return 1
-        value = int(current) + 1
+            self._data[key] = (str(by).encode(), time.monotonic() + ttl)
+            return by
+        value = int(current) + by
         self._data[key] = (str(value).encode(), self._data[key][1])
         return value
 
@@ -112,9 +113,9 @@ class RedisKV:
     async def delete(self, key: str) -> None:
         await self._r.delete(self._p + key)
 
-    async def incr(self, key: str, ttl: float) -> int:
+    async def incr(self, key: str, ttl: float, by: int = 1) -> int:
         async with self._r.pipeline(transaction=True) as pipe:
-            pipe.incr(self._p + key)
+            pipe.incrby(self._p + key, by)
             pipe.pexpire(self._p + key, max(1, int(ttl * 1000)), nx=True)
             value, _ = await pipe.execute()
         return int(value)

@@ -19,7 +19,6 @@ refreshes coalesce behind one lock; a failed refresh keeps the keys already held
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import ssl
@@ -32,6 +31,8 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 from joserfc.jwk import JWKRegistry, Key, RSAKey
+
+from bastion.edge.http import is_loopback_host
 
 __all__ = ["CallableJWKS", "JWKSource", "RemoteJWKS", "StaticJWKS", "parse_jwks"]
 
@@ -206,13 +207,6 @@ class CallableJWKS(_RefreshingJWKS):
         return await self._fn()
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class RemoteJWKS(_RefreshingJWKS):
@@ -236,7 +230,7 @@ class RemoteJWKS(_RefreshingJWKS):
     ) -> None:
         super().__init__(cache_ttl=cache_ttl, min_refresh_interval=min_refresh_interval)
         parts = urlsplit(url)
-        loopback = _is_loopback(parts.hostname or "")
+        loopback = is_loopback_host(parts.hostname)
         if not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
             raise ValueError("jwks url must be https (http only for loopback hosts)")
         if max_bytes <= 0:
@@ -266,7 +260,8 @@ class RemoteJWKS(_RefreshingJWKS):
             if resp.headers.get("content-encoding", "identity").lower() != "identity":
                 raise ValueError("JWKS response has a content coding")
             length = resp.headers.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > self._max_bytes):
+            if length is not None and (not (length.isascii() and length.isdigit())
+                                       or int(length) > self._max_bytes):
                 raise ValueError("JWKS response too large")
             body = bytearray()
             async for chunk in resp.aiter_raw():

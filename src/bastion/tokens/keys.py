@@ -19,9 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bastion.kms import KeyWrapper
 from bastion.store.models import SigningKey
+from bastion.tokens.algorithms import SIGNING
 
 AnyKey = ECKey | RSAKey | OKPKey
-ALGORITHMS = ("ES256", "RS256", "EdDSA")
+ALGORITHMS = SIGNING  # the algorithms of keys Bastion generates (bastion.tokens.algorithms)
 _PURPOSE = "signing-key"
 RETIRE_MARGIN = 120  # seconds of clock skew allowance on top of the longest token lifetime
 

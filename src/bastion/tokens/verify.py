@@ -27,21 +27,16 @@ from joserfc.errors import UnsupportedAlgorithmError
 from joserfc.jwa import JWSAlgModel
 from joserfc.jwk import Key
 
+from bastion.tokens.algorithms import ALLOWED, KEY_FOR_ALG
 from bastion.tokens.errors import BearerError, InvalidToken
 from bastion.tokens.jwks import JWKSource
 
 __all__ = ["ALLOWED_ALGORITHMS", "Denylist", "TokenVerifier", "VerifiedToken"]
 
-# RFC 8725 §3.1–3.2: an explicit allowlist of asymmetric algorithms, each bound to the key
-# type (and curves) that may verify it (RFC 7518 §3.1, RFC 8037 §3.1). Never "none" or HS*.
-_KEY_FOR_ALG: dict[str, tuple[str, frozenset[str] | None]] = {
-    "ES256": ("EC", frozenset({"P-256"})),
-    "ES384": ("EC", frozenset({"P-384"})),
-    "ES512": ("EC", frozenset({"P-521"})),
-    **{f"{p}{n}": ("RSA", None) for p in ("RS", "PS") for n in (256, 384, 512)},
-    "EdDSA": ("OKP", frozenset({"Ed25519", "Ed448"})),
-}
-ALLOWED_ALGORITHMS = frozenset(_KEY_FOR_ALG)
+# RFC 8725 §3.1–3.2: the explicit allowlist of asymmetric algorithms, each bound to the key
+# type (and curves) that may verify it. Never "none" or HS* (see bastion.tokens.algorithms).
+_KEY_FOR_ALG = KEY_FOR_ALG
+ALLOWED_ALGORITHMS = ALLOWED
 
 # Header parameters whose presence alone refuses the token: keys are never taken from the
 # token itself or fetched from where it points (RFC 8725 §3.10 spirit; RFC 7515 §4.1.2–4.1.6);

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from bastion.oauth import rfc7636
+from bastion.oauth.codes import AuthorizationCodes, SqlAuthorizationCodes
 from bastion.oauth.errors import InvalidGrant, InvalidRequest, OAuthError, UnauthorizedClient
 from bastion.oauth.families import (
     create_family,
@@ -23,6 +24,9 @@ from bastion.store.fast import Row
 class AuthorizationCodeGrant:
     grant_type = "authorization_code"
 
+    def __init__(self, codes: AuthorizationCodes | None = None) -> None:
+        self.codes: AuthorizationCodes = codes or SqlAuthorizationCodes()
+
     async def handle(self, request: TokenRequest) -> dict[str, Any]:
         client, provider, params = request.client, request.provider, request.params
         if self.grant_type not in client.grant_types:
@@ -34,20 +38,15 @@ class AuthorizationCodeGrant:
         now = int(time.time())
         failure: OAuthError | None = None
         body: dict[str, Any] = {}
-        replayed_family = None
+        replayed_family: str | None = None
         async with provider.fast.transaction() as tx:
             # atomic single use: of two concurrent redemptions only one gets the row
-            row = await tx.one(
-                "UPDATE authorization_codes SET consumed_at = :now "
-                "WHERE code_hash = :h AND consumed_at IS NULL RETURNING *", now=now, h=h)
+            row = await self.codes.consume(tx, h, now)
             if row is None:
-                replayed = await tx.one("SELECT family_id FROM authorization_codes "
-                                        "WHERE code_hash = :h", h=h)
-                if replayed is not None and replayed["family_id"] is not None:
+                replayed_family = await self.codes.family_of(tx, h)
+                if replayed_family is not None:
                     # §4.1.2: a code used twice: SHOULD revoke all tokens issued from it
-                    await revoke_families(provider, tx, "id = :fid",
-                                          fid=replayed["family_id"])
-                    replayed_family = replayed["family_id"]
+                    await revoke_families(provider, tx, "id = :fid", fid=replayed_family)
                 failure = InvalidGrant("invalid authorization code")
             else:
                 failure = self._check(row, params, client.client_id, now)
@@ -60,8 +59,7 @@ class AuthorizationCodeGrant:
                         tx, client, user.id, row["scope"], row["sid"], row["auth_time"],
                         json.loads(amr) if isinstance(amr, str) else list(amr or []),
                         provider.settings.refresh_token_ttl)
-                    await tx.run("UPDATE authorization_codes SET family_id = :f "
-                                 "WHERE code_hash = :h", f=family.id, h=h)
+                    await self.codes.bind_family(tx, h, family.id)
                     body = await issue_tokens(tx, provider, family, client, user,
                                               row["scope"].split(" "), nonce=row["nonce"])
         # the code stays consumed even when the exchange failed: codes are single use
