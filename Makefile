@@ -15,7 +15,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,dev]'
 	touch $@
 
 $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
@@ -26,8 +26,10 @@ $(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/packag
 system-deps:
 	@scripts/system-deps.sh
 
+# the clone's own data dir, whatever bastion-data a parent directory may hold; a second
+# `make run` while one runs stops at the busy port before touching it
 run: $(VENV)/.installed
-	$(BIN)/bastion serve --dev --demo
+	$(BIN)/bastion serve --dev --demo --data-dir bastion-data
 
 test: $(VENV)/.installed-test $(NODE_DIR)/node_modules/.installed system-deps
 	$(BIN)/ruff check src

@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 SigningAlg = Literal["ES256", "RS256", "EdDSA"]
+DATA_DIR_NAME = "bastion-data"
 
 
 class ConfigError(Exception):
@@ -35,8 +36,10 @@ class Settings(BaseSettings):
     )
 
     # --- where state lives -------------------------------------------------------------
-    data_dir: Path = Field(Path("bastion-data"), description="Directory for the SQLite "
-                           "database and the key-encryption key file (created 0700).")
+    data_dir: Path = Field(Path(DATA_DIR_NAME), description="Directory for the SQLite "
+                           "database and the key-encryption key file (created 0700). Default: "
+                           "the nearest bastion-data directory holding state, from the working "
+                           "directory up; else ./bastion-data. Always made absolute.")
     database_url: str | None = Field(None, description="SQLAlchemy async URL, e.g. "
                                      "postgresql+asyncpg://user@host/db. Default: SQLite "
                                      "file bastion.db in data_dir.")
@@ -112,6 +115,13 @@ class Settings(BaseSettings):
                                                           "events.")
     audit_batch_max: int = Field(5_000, ge=1, le=100_000, description="Most records written "
                                  "in one group commit.")
+    audit_sink_secret: SecretStr | None = Field(None, description="Key for the "
+                                                "X-Bastion-Signature HMAC-SHA256 on every "
+                                                "webhook body (docs/audit.md); required with "
+                                                "a webhook sink.")
+    audit_sink_allow_http_loopback: bool = Field(False, description="Allow a plain http:// "
+                                                 "webhook to a loopback address (tests and "
+                                                 "development only); otherwise https only.")
 
     # --- housekeeping ------------------------------------------------------------------
     purge_interval: float = Field(60.0, gt=0, description="Seconds between purges of "
@@ -119,13 +129,12 @@ class Settings(BaseSettings):
     admin_password: SecretStr | None = Field(None, description="Initial admin password; "
                                              "generated and printed once when unset.")
 
-    @field_validator("audit_sinks")
-    @classmethod
-    def _sinks(cls, value: str) -> str:
-        from bastion.audit.sinks import parse_sinks
+    @model_validator(mode="after")
+    def _sinks(self) -> Settings:
+        from bastion.audit.sinks import check_sink_settings
 
-        parse_sinks(value)
-        return value
+        check_sink_settings(self)
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -185,6 +194,29 @@ class Settings(BaseSettings):
         return max(self.access_token_ttl, self.id_token_ttl)
 
 
+def find_data_dir(start: Path) -> Path | None:
+    """The nearest ``bastion-data`` directory holding state (its key file), looking in
+    ``start`` and then each parent, the way git finds ``.git``."""
+    from bastion.kms.keyfile import KEK_FILE
+
+    for directory in (start, *start.parents):
+        candidate = directory / DATA_DIR_NAME
+        if (candidate / KEK_FILE).is_file():
+            return candidate
+    return None
+
+
+def _absolute_data_dir(settings: Settings) -> Settings:
+    """One data dir whatever the working directory: a given one made absolute; by default
+    the nearest existing one (``find_data_dir``), else ``./bastion-data``."""
+    if "data_dir" in settings.model_fields_set:
+        data_dir = settings.data_dir.expanduser().resolve()
+    else:
+        cwd = Path.cwd().resolve()
+        data_dir = find_data_dir(cwd) or cwd / DATA_DIR_NAME
+    return settings.model_copy(update={"data_dir": data_dir})
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build settings, turning validation errors into one readable ``ConfigError``."""
     clean = {k: v for k, v in overrides.items() if v is not None}
@@ -192,7 +224,7 @@ def load_settings(**overrides: Any) -> Settings:
     if path and not Path(path).is_file():
         raise ConfigError(f"BASTION_CONFIG: no such file: {path}")
     try:
-        return Settings(**clean)
+        return _absolute_data_dir(Settings(**clean))
     except ValidationError as exc:
         lines = []
         for err in exc.errors():

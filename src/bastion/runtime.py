@@ -4,14 +4,20 @@ the ``Provider`` that endpoints use. Shared by the server and the CLI."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bastion.config import Settings
 from bastion.iam.bootstrap import bootstrap as bootstrap_iam
 from bastion.identity.users import create_user, get_user_by_name
 from bastion.kms import load_or_create_kek
+from bastion.kms.keyfile import KEK_FILE
 from bastion.oauth.provider import Provider
 from bastion.store.db import create_engine, migrate, sessionmaker
-from bastion.store.fast import open_fast_store
+from bastion.store.fast import Row, open_fast_store
 from bastion.store.kv import create_kv
 from bastion.tokens import keys
 from bastion.tokens.denylist import Denylist
@@ -19,7 +25,67 @@ from bastion.tokens.denylist import Denylist
 ADMIN_USERNAME = "admin"
 
 
-async def open_provider(settings: Settings) -> Provider:
+class NoState(Exception):
+    """The data directory holds no Bastion state and was not to be created."""
+
+
+def has_state(settings: Settings) -> bool:
+    """Whether the data dir holds Bastion's state (its key-encryption key)."""
+    return (settings.data_dir / KEK_FILE).is_file()
+
+
+class _Row:
+    """A SQLAlchemy row seen as the fast store's ``Row`` (by position or by name)."""
+
+    __slots__ = ("_row",)
+
+    def __init__(self, row: Any) -> None:
+        self._row = row
+
+    def __getitem__(self, key: int | str, /) -> Any:
+        return self._row._mapping[key] if isinstance(key, str) else self._row[key]
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+
+class SessionTx:
+    """The fast store's ``Tx`` over a SQLAlchemy session's transaction, so that ORM changes
+    and their audit record commit together (``AuditTrail.record_in``). Flush the change
+    first: on SQLite that takes the write lock before the record reads the chain's head."""
+
+    def __init__(self, db: AsyncSession) -> None:
+        self._db = db
+
+    async def one(self, sql: str, **params: Any) -> Row | None:
+        row = (await self._db.execute(text(sql), params)).first()
+        return None if row is None else _Row(row)
+
+    async def all(self, sql: str, **params: Any) -> list[Row]:
+        return [_Row(r) for r in (await self._db.execute(text(sql), params)).all()]
+
+    async def run(self, sql: str, **params: Any) -> int:
+        result: Any = await self._db.execute(text(sql), params)
+        return int(result.rowcount)
+
+    async def many(self, sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        if rows:
+            await self._db.execute(text(sql), [dict(r) for r in rows])
+
+
+async def record_change(provider: Provider, db: AsyncSession, event: str,
+                        **fields: Any) -> None:
+    """Record ``event`` inside ``db``'s transaction: the change and its audit record commit
+    together or not at all (as ``IamAdmin`` does)."""
+    await db.flush()
+    await provider.audit.record_in(SessionTx(db), event, **fields)
+
+
+async def open_provider(settings: Settings, *, create: bool = True) -> Provider:
+    """Open (and migrate) the state in ``settings.data_dir``; with ``create=False`` a data
+    dir without state raises ``NoState`` instead of being created."""
+    if not create and not has_state(settings):
+        raise NoState(str(settings.data_dir))
     wrapper = load_or_create_kek(settings.data_dir)
     engine = create_engine(settings.effective_database_url)
     try:
@@ -47,12 +113,18 @@ async def open_provider(settings: Settings) -> Provider:
 
 
 async def ensure_admin(provider: Provider) -> str | None:
-    """Create the admin account on first start. Returns the generated password (to print
-    once), or None if the admin exists or its password came from the settings."""
+    """Create the admin account on first start (audited in the same transaction). Returns
+    the generated password (to print once), or None if the admin exists or its password
+    came from the settings (which must pass the password rules)."""
     async with provider.sessions.begin() as db:
         if await get_user_by_name(db, ADMIN_USERNAME) is not None:
             return None
         given = provider.settings.admin_password
         password = given.get_secret_value() if given else secrets.token_urlsafe(18)
-        await create_user(db, ADMIN_USERNAME, password, roles=["admin"], name="Administrator")
+        user = await create_user(db, ADMIN_USERNAME, password, roles=["admin"],
+                                 name="Administrator")
+        await record_change(provider, db, "CreateUser",
+                            user_identity={"type": "Bastion", "principalId": "first-start"},
+                            request_parameters={"userName": ADMIN_USERNAME,
+                                                "roles": user.roles})
     return None if given else password

@@ -46,6 +46,15 @@ async def create(http: httpx.AsyncClient, token: str, body: Any = TEA) -> httpx.
     return await http.post("/orders", json=body, headers=bearer(token))
 
 
+def assert_problem(r: httpx.Response, status: int) -> dict[str, Any]:
+    """RFC 9457: ``application/problem+json`` with type, title and the response's status."""
+    assert r.headers["content-type"] == "application/problem+json", r.headers
+    body: dict[str, Any] = r.json()
+    assert body["type"] == "about:blank" and body["status"] == status and body["title"]
+    assert "error" not in body
+    return body
+
+
 # --- RFC 6750: no token, bad tokens ---------------------------------------------------------------
 
 @pytest.mark.parametrize("method,path", [("GET", "/orders"), ("POST", "/orders"),
@@ -129,15 +138,135 @@ async def test_users_see_only_their_own_orders(http, provider, alice, bob, alice
     bob_token = mint(provider, bob, scope=VIEW, roles=(VIEW,))
     theirs = await http.get(f"/orders/{order['id']}", headers=bearer(bob_token))
     missing = await http.get("/orders/0000000000000000", headers=bearer(bob_token))
-    assert theirs.status_code == 404 and theirs.json() == missing.json()  # indistinguishable
+    assert theirs.status_code == 404 and missing.status_code == 404
+    # indistinguishable (apart from the request id in ``instance``)
+    assert {**assert_problem(theirs, 404), "instance": None} == \
+        {**assert_problem(missing, 404), "instance": None}
     assert (await http.get("/orders", headers=bearer(bob_token))).json() == {"orders": []}
     service = mint(provider, "orders-test", scope=VIEW, roles=(VIEW,))  # a client's own token
     assert (await http.get("/orders", headers=bearer(service))).json() == {"orders": []}
 
 
+ACCT = "000000000000"
+ROLE = f"arn:bastion:iam::{ACCT}:role/buyer"
+
+
+def _trust(*names: str) -> dict[str, Any]:
+    return {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Action": "sts:AssumeRole",
+        "Principal": {"AWS": [f"arn:bastion:iam::{ACCT}:user/{n}" for n in names]}}]}
+
+
+async def _session(http: httpx.AsyncClient, token: str, name: str = "shared") -> str:
+    r = await http.post("/sts", data={"Action": "AssumeRole", "RoleArn": ROLE,
+                                      "RoleSessionName": name}, headers=bearer(token))
+    assert r.status_code == 200, r.text
+    return str(r.json()["Credentials"]["AccessToken"])
+
+
+@pytest.fixture
+async def buyer_role(provider: Any) -> None:
+    await provider.iam_admin.create_role("buyer", _trust("alice", "bob"))
+    await provider.iam_admin.attach("role", "buyer", "BastionOrdersRead")
+    await provider.iam_admin.attach("role", "buyer", "BastionOrdersCreate")
+
+
+async def test_two_callers_with_the_same_session_name_do_not_share_orders(
+        http, provider, alice, bob, buyer_role):
+    """Item 7: a role session's sub is its session ARN, the same for every caller who picks
+    the same session name; ownership also keys on the caller (``act``)."""
+    alice_session = await _session(http, mint(provider, alice))
+    order = (await create(http, alice_session)).json()
+    bob_session = await _session(http, mint(provider, bob, scope=VIEW, roles=(VIEW,)))
+    assert (await http.get("/orders", headers=bearer(bob_session))).json() == {"orders": []}
+    assert (await http.get(f"/orders/{order['id']}",
+                           headers=bearer(bob_session))).status_code == 404
+    # the same caller, a new session of the same name: the same owner
+    again = await _session(http, mint(provider, alice))
+    listed = await http.get("/orders", headers=bearer(again))
+    assert [o["id"] for o in listed.json()["orders"]] == [order["id"]]
+
+
+async def test_client_id_equal_to_a_user_id_cannot_read_that_users_orders(
+        http, provider, alice, alice_token):
+    """Item 7: a client_credentials token's sub is the client id; a client registered (before
+    registration refused it) with a user's id as client id is still another owner."""
+    order = (await create(http, alice_token)).json()
+    as_client = provider.tokens.access_token(
+        subject=alice, client_id=alice, audience=provider.api_audience, scope=VIEW, ttl=300,
+        roles=[VIEW]).token
+    assert (await http.get("/orders", headers=bearer(as_client))).json() == {"orders": []}
+    assert (await http.get(f"/orders/{order['id']}",
+                           headers=bearer(as_client))).status_code == 404
+
+
+async def test_role_session_token_without_its_caller_is_refused(http, provider, buyer_role):
+    """A session token that does not name its caller (``act``) would make every caller of
+    that session name one owner: refused (fail closed), and audited."""
+    session = f"arn:bastion:sts::{ACCT}:assumed-role/buyer/shared"
+    token = provider.tokens.access_token(
+        subject=session, client_id="orders-test", audience=provider.api_audience,
+        scope=f"{VIEW} {CREATE}", ttl=300, extra={"principal_arn": session}).token
+    for r in (await http.get("/orders", headers=bearer(token)), await create(http, token)):
+        assert r.status_code == 403
+        assert_problem(r, 403)
+    await provider.audit.flush()
+    records = [json.loads(bytes(r[0])) for r in await provider.fast.all(
+        "SELECT body FROM audit_events ORDER BY seq")]
+    refused = {r["eventName"] for r in records if r.get("errorCode") == "NoOwner"}
+    assert refused == {"ListOrders", "CreateOrder"}
+
+
+def _subject(kind: str, session: str | None = None) -> Any:
+    from bastion.iam.authorizer import Subject
+
+    return Subject(kind, "k", session=session)  # type: ignore[arg-type]
+
+
+def _principal(arn: str, user_id: str | None = None) -> Any:
+    from bastion.iam import PolicySet
+    from bastion.iam.authorizer import Principal
+
+    return Principal(arn, "n", user_id, PolicySet([]), None, None, {}, ())
+
+
+SESSION_ARN = f"arn:bastion:sts::{ACCT}:assumed-role/buyer/shared"
+ALICE_ARN = f"arn:bastion:iam::{ACCT}:user/alice"
+BOB_ARN = f"arn:bastion:iam::{ACCT}:user/bob"
+
+
+@pytest.mark.parametrize("kind,session,arn,user_id,claims,expected", [
+    pytest.param("user", None, ALICE_ARN, "a1b2", {}, "a1b2", id="user/its-id"),
+    pytest.param("client", None, f"arn:bastion:iam::{ACCT}:client/a1b2", None, {},
+                 f"arn:bastion:iam::{ACCT}:client/a1b2", id="client/its-arn-not-its-id"),
+    pytest.param("role", "shared", SESSION_ARN, None, {"act": {"sub": ALICE_ARN}},
+                 f"{SESSION_ARN};act={ALICE_ARN}", id="session/with-caller"),
+    pytest.param("role", "shared", SESSION_ARN, None,
+                 {"act": {"sub": SESSION_ARN, "act": {"sub": BOB_ARN}}},
+                 f"{SESSION_ARN};act={SESSION_ARN};act={BOB_ARN}", id="session/nested-chain"),
+    pytest.param("role", "shared", SESSION_ARN, None, {}, None, id="session/no-act"),
+    pytest.param("role", "shared", SESSION_ARN, None, {"act": "alice"}, None,
+                 id="session/act-not-object"),
+    pytest.param("role", "shared", SESSION_ARN, None, {"act": {"sub": 5}}, None,
+                 id="session/act-sub-not-string"),
+    pytest.param("role", "shared", SESSION_ARN, None, {"act": {"sub": ""}}, None,
+                 id="session/act-sub-empty"),
+    pytest.param("role", "shared", SESSION_ARN, None, {"act": {"sub": "x;act=y"}}, None,
+                 id="session/act-sub-forging-a-chain"),
+    pytest.param("role", "shared", SESSION_ARN, None,
+                 {"act": {"sub": "a", "act": {"sub": "b", "act": {"sub": "c", "act": {
+                     "sub": "d", "act": {"sub": "e"}}}}}}, None, id="session/chain-too-deep"),
+    pytest.param("role", "shared", SESSION_ARN, None, {"act": {"sub": "x" * 1100}}, None,
+                 id="session/key-too-long"),
+])
+def test_owner_key(kind, session, arn, user_id, claims, expected):
+    from bastion.orders.api import owner_key
+
+    assert owner_key(_subject(kind, session), _principal(arn, user_id), claims) == expected
+
+
 @pytest.mark.parametrize("order_id", [
     pytest.param("x" * 1000, id="long-id"),
-    pytest.param("%00", id="nul"),
     pytest.param("..%2F..%2Fetc", id="traversal"),
     pytest.param("' OR '1'='1", id="sql-quote"),
     pytest.param("%FF%FE", id="non-utf8"),
@@ -146,6 +275,15 @@ async def test_odd_order_ids_are_404(http, alice_token, order_id):
     await create(http, alice_token)
     r = await http.get(f"/orders/{order_id}", headers=bearer(alice_token))
     assert r.status_code == 404, r.text
+
+
+@pytest.mark.parametrize("order_id", ["%00", "a%0Ab", "%7F"], ids=["nul", "newline", "del"])
+async def test_control_characters_in_order_ids_refused_at_the_edge(http, alice_token, order_id):
+    """A name with control characters names nothing: the edge refuses it (403, audited)
+    before any policy lookup or SQL sees it."""
+    r = await http.get(f"/orders/{order_id}", headers=bearer(alice_token))
+    assert r.status_code == 403, r.text
+    assert "malformed" in r.json()["error_description"]
 
 
 # --- body validation --------------------------------------------------------------------------------------
@@ -236,7 +374,7 @@ async def test_junk_bodies_never_500(http, alice_token, body, storable):
         got = await http.get(f"/orders/{r.json()['id']}", headers=bearer(alice_token))
         assert got.status_code == 200 and got.json()["item"] == json.loads(body)["item"]
     else:
-        assert r.json()["error"] == "invalid_body"
+        assert_problem(r, r.status_code)
         listed = await http.get("/orders", headers=bearer(alice_token))
         assert listed.json() == {"orders": []}
 
@@ -254,6 +392,7 @@ async def test_wrong_content_type_is_415(http, alice_token, ctype):
     headers = bearer(alice_token) | ({"content-type": ctype} if ctype else {})
     r = await http.post("/orders", content=json.dumps(TEA).encode(), headers=headers)
     assert r.status_code == 415, r.text
+    assert_problem(r, 415)
 
 
 @pytest.mark.parametrize("ctype", ["application/json", "application/json; charset=utf-8",
@@ -273,6 +412,7 @@ async def test_oversized_body_is_413(http, alice_token, body):
     r = await http.post("/orders", content=body,
                         headers=bearer(alice_token) | {"content-type": "application/json"})
     assert r.status_code == 413, r.text
+    assert_problem(r, 413)
 
 
 async def test_orders_survive_a_second_instance(http, provider, alice_token):

@@ -1,8 +1,10 @@
 """Orders API: ``GET /orders`` (orders:ListOrders), ``GET /orders/{id}`` (orders:GetOrder),
 ``POST /orders`` (orders:CreateOrder). Who may call what is IAM's decision at the edge (the
 bootstrap attaches policies to the roles ``order:view`` and ``order:create`` that tokens
-carry); here users see only their own orders, and every body is validated (any malformed
-input is a 400 or 422, never a 500).
+carry); here callers see only their own orders, and every body is validated (any malformed
+input is a 400 or 422, never a 500). Errors are RFC 9457 problem details.
+
+Ownership is keyed by the principal, never by the bare token ``sub`` (see ``owner_key``).
 
 Every access is an audit record (who read or changed which order), and so is every SQL
 statement the service runs (class, statement text, parameter names but not values, rows,
@@ -10,7 +12,6 @@ user), like pgaudit."""
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 import time
@@ -24,8 +25,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bastion.audit.trail import AuditTrail
+from bastion.edge import http
 from bastion.edge.authz import Guard, user_identity
-from bastion.iam.authorizer import Authorizer
+from bastion.edge.problem import problem
+from bastion.iam.authorizer import Authorizer, Principal, Subject
 from bastion.store.fast import FastStore, Row
 from bastion.tokens.verify import TokenVerifier, VerifiedToken
 
@@ -33,6 +36,8 @@ MAX_BODY = 16 * 1024
 ORDER_ID_RE = re.compile(r"[0-9a-f]{1,64}")
 ORDER_ARN = "arn:bastion:orders::{account}:order/{order_id}"
 ALL_ORDERS_ARN = "arn:bastion:orders::{account}:order/*"
+MAX_OWNER = 1024  # the orders.owner column
+MAX_DELEGATION = 4  # nested ``act`` claims followed (RFC 8693 §4.1)
 
 
 class NewOrder(BaseModel):
@@ -42,11 +47,35 @@ class NewOrder(BaseModel):
     unit_price_cents: int = Field(ge=0, le=100_000_000)
 
 
-def _problem(status: int, title: str, detail: Any = None) -> JSONResponse:
-    body: dict[str, Any] = {"error": title}
-    if detail is not None:
-        body["detail"] = detail
-    return JSONResponse(body, status_code=status)
+def owner_key(subject: Subject, principal: Principal, claims: dict[str, Any]) -> str | None:
+    """The key a caller's orders are stored under, or None when the credentials name no
+    owner (refused).
+
+    - a user: its user id (random, never reused, unchanged by a rename; rows stored before
+      keys were principals stay valid);
+    - a client: its principal ARN (``arn:bastion:iam::<acct>:client/<id>``), so a client id
+      equal to a user id names another owner than that user;
+    - a role session: the session ARN and the caller chain from ``act`` (RFC 8693 §4.1),
+      ``<session arn>;act=<caller arn>[;act=…]``: two callers who pick the same session
+      name do not share orders. A session token without ``act`` is refused.
+
+    User ids are hex and ARNs start ``arn:``, so the three kinds never meet."""
+    if subject.kind == "user":
+        return principal.user_id
+    if subject.session is None:
+        return principal.arn
+    chain = [principal.arn]
+    act = claims.get("act")
+    while isinstance(act, dict) and len(chain) <= MAX_DELEGATION:
+        caller = act.get("sub")
+        if not isinstance(caller, str) or not caller or ";" in caller:
+            return None
+        chain.append(caller)
+        act = act.get("act")
+    if len(chain) == 1 or act is not None:  # no caller named, or a chain deeper than followed
+        return None
+    key = ";act=".join(chain)
+    return key if len(key) <= MAX_OWNER else None
 
 
 def _public(order: Row | dict[str, Any]) -> dict[str, Any]:
@@ -65,9 +94,14 @@ INSERT_SQL = ("INSERT INTO orders (id, owner, item, quantity, unit_price_cents, 
               ":created_at)")
 
 
-def _caller(request: Request) -> tuple[VerifiedToken, dict[str, Any]]:
+def _caller(request: Request) -> tuple[str | None, dict[str, Any]]:
+    """The caller's owner key (None: refused) and audit identity, from what the Guard left
+    in the scope state."""
     state = request.scope["state"]
-    return state["token"], user_identity(state["subject"], state["principal"])
+    token: VerifiedToken = state["token"]
+    subject: Subject = state["subject"]
+    principal: Principal = state["principal"]
+    return owner_key(subject, principal, token.claims), user_identity(subject, principal)
 
 
 def statement(actor: dict[str, Any], sql: str, params: dict[str, Any],
@@ -92,9 +126,17 @@ class OrdersAPI:
         return [{"type": "Bastion::Orders::Order",
                  "ARN": ORDER_ARN.format(account=self.account, order_id=order_id)}]
 
+    async def _no_owner(self, event: str, actor: dict[str, Any]) -> Response:
+        await self.audit.emit(event, user_identity=actor, error_code="NoOwner",
+                              error_message="the credentials name no owner of orders")
+        return problem(403, "these credentials name no owner of orders (a role session "
+                       "token must carry its caller in act)")
+
     async def list_orders(self, request: Request) -> Response:
-        token, actor = _caller(request)
-        params = {"owner": token.subject}
+        owner, actor = _caller(request)
+        if owner is None:
+            return await self._no_owner("ListOrders", actor)
+        params = {"owner": owner}
         rows = await self.store.all(LIST_SQL, **params)
         await self.audit.emit_many([
             statement(actor, LIST_SQL, params, len(rows)),
@@ -103,7 +145,9 @@ class OrdersAPI:
         return JSONResponse({"orders": [_public(o) for o in rows]})
 
     async def get_order(self, request: Request) -> Response:
-        token, actor = _caller(request)
+        owner, actor = _caller(request)
+        if owner is None:
+            return await self._no_owner("GetOrder", actor)
         order_id = request.path_params["order_id"]
         events = []
         order = None
@@ -111,34 +155,28 @@ class OrdersAPI:
             order = await self.store.one(GET_SQL, id=order_id)
             events.append(statement(actor, GET_SQL, {"id": order_id}, int(order is not None)))
         # another user's order is indistinguishable from a missing one
-        found = order is not None and order["owner"] == token.subject
+        found = order is not None and order["owner"] == owner
         events.append(("GetOrder", {
             "user_identity": actor, "request_parameters": {"orderId": order_id[:64]},
             "resources": self._arn(order_id[:64]), "error_code": None if found else "NotFound",
             "error_message": None if found else "no such order of this user"}))
         await self.audit.emit_many(events)
         if not found or order is None:
-            return _problem(404, "not_found")
+            return problem(404, "no such order")
         return JSONResponse(_public(order))
 
     async def create_order(self, request: Request) -> Response:
-        token, actor = _caller(request)
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype != "application/json":
-            return _problem(415, "unsupported_media_type", "send application/json")
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY:
-                return _problem(413, "payload_too_large")
+        owner, actor = _caller(request)
+        if owner is None:
+            return await self._no_owner("CreateOrder", actor)
         try:
-            data = NewOrder.model_validate(json.loads(body))
-        except (ValueError, RecursionError) as exc:
-            detail = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()] \
-                if isinstance(exc, ValidationError) else "body is not valid JSON"
-            return _problem(422 if isinstance(exc, ValidationError) else 400,
-                            "invalid_body", detail)
-        order = {"id": secrets.token_hex(8), "owner": token.subject, "item": data.item,
+            data = NewOrder.model_validate(await http.read_json(request, MAX_BODY))
+        except http.BodyError as exc:
+            return problem(exc.status, str(exc))
+        except ValidationError as exc:  # RFC 9457 §3.2: the specifics in an extension member
+            return problem(422, "the order is invalid", errors=[
+                {"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()])
+        order = {"id": secrets.token_hex(8), "owner": owner, "item": data.item,
                  "quantity": data.quantity, "unit_price_cents": data.unit_price_cents,
                  "status": "placed", "created_at": int(time.time())}
         # the order and its records commit together: no order without its audit trail

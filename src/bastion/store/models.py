@@ -16,6 +16,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -62,6 +63,9 @@ class Client(Base):
     name: Mapped[str] = mapped_column(String(256))
     secret_hash: Mapped[str | None] = mapped_column(String(128))  # keyed SHA-256, hex
     auth_method: Mapped[str] = mapped_column(String(32))
+    # False: registered without a method, either secret method is accepted (migration 0004)
+    auth_method_pinned: Mapped[bool] = mapped_column(Boolean, default=True,
+                                                     server_default=true())
     redirect_uris: Mapped[list[str]] = mapped_column(JSON, default=list)
     post_logout_redirect_uris: Mapped[list[str]] = mapped_column(JSON, default=list)
     grant_types: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -169,7 +173,8 @@ class RevokedToken(Base):
 class Order(Base):
     __tablename__ = "orders"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    owner: Mapped[str] = mapped_column(String(64), index=True)  # user id (token sub)
+    # user id, client ARN, or "<session arn>;act=<caller arn>" (orders.api.owner_key)
+    owner: Mapped[str] = mapped_column(String(1024), index=True)
     item: Mapped[str] = mapped_column(String(200))
     quantity: Mapped[int] = mapped_column(Integer)
     unit_price_cents: Mapped[int] = mapped_column(Integer)
@@ -288,8 +293,11 @@ class AuditSigningKey(Base):
 
 
 class AuditArchive(Base):
-    """A segment of the trail moved out to a file by retention. Rows up to ``last_seq`` may be
-    deleted (the append-only triggers allow nothing else); the file stays verifiable."""
+    """A segment of the trail moved out to a file by retention. Records it covers may be
+    deleted (the append-only triggers allow nothing else); the file stays verifiable. The row
+    is append-only and signed by the audit notary key (``audit/archive.py``): verify trusts
+    it only when the signature verifies. Rows written before migration 0003 have no
+    signature and are trusted only when their segment file verifies."""
 
     __tablename__ = "audit_archives"
     last_seq: Mapped[int] = mapped_column(Seq, primary_key=True, autoincrement=False)
@@ -299,3 +307,7 @@ class AuditArchive(Base):
     sha256: Mapped[str] = mapped_column(String(64))  # of the archive file
     frontier: Mapped[str] = mapped_column(Text)  # JSON hex list: Merkle compact range at last_seq
     created_at: Mapped[int] = mapped_column(Integer)
+    start_prev: Mapped[bytes | None] = mapped_column(LargeBinary)  # hash before first_seq
+    checkpoints: Mapped[str | None] = mapped_column(Text)  # JSON [[tree_size, cp hash hex]]
+    key_id: Mapped[str | None] = mapped_column(String(128))  # the notary key that signed
+    signature: Mapped[bytes | None] = mapped_column(LargeBinary)  # Ed25519 over the statement

@@ -13,9 +13,13 @@ from typing import Annotated, Any
 
 import typer
 
-from bastion.cli_common import DataDir, JsonOut, _emit, _run, _settings, err, operator
+from bastion.cli.common import DataDir, JsonOut, _emit, _run, _settings, err, operator, plural
 
 audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
+
+# like every command's --json; these always print JSON Lines (one record or event a line)
+JsonLinesOut = Annotated[bool, typer.Option("--json", help="JSON Lines (the default; "
+                                            "accepted like every command's --json).")]
 
 _RELATIVE = re.compile(r"(\d+)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -71,10 +75,18 @@ def verify(checkpoint: Annotated[list[Path] | None, typer.Option(
     async def job(p: Any) -> Any:
         return await _notary(p).verify(kept=kept)
 
-    report = _run(_settings(data_dir=data_dir), job)
+    try:
+        report = _run(_settings(data_dir=data_dir), job)
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # verify names faults; anything else must not be a traceback
+        err.print(f"[red]error:[/red] verification could not finish "
+                  f"({type(exc).__name__}): the trail is not proven intact")
+        raise typer.Exit(2) from None
     data = report.to_dict()
     if report.ok:
-        text = (f"ok: {report.records} records, {report.checkpoints_verified} checkpoints "
+        text = (f"ok: {plural(report.records, 'record')}, "
+                f"{plural(report.checkpoints_verified, 'checkpoint')} "
                 "verified")
     else:
         text = "\n".join(f"FAULT {f.kind} at seq {f.seq}: {f.detail}" for f in report.faults)
@@ -101,7 +113,7 @@ def checkpoint(out: Annotated[Path | None, typer.Option(
     data = json.loads(cp.to_json())
     if out is not None:
         out.write_text(cp.to_json() + "\n")
-    _emit(as_json, data, f"checkpoint: {cp.tree_size} records, root {cp.root_hash.hex()}")
+    _emit(as_json, data, f"checkpoint: {plural(cp.tree_size, 'record')}, root {cp.root_hash.hex()}")
 
 
 def _filters(since: str | None, until: str | None, actor: str | None, event: str | None,
@@ -133,7 +145,7 @@ def search(
     request_id: Annotated[str | None, typer.Option(help="Correlation id.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=100_000)] = 100,
     ocsf: Annotated[bool, typer.Option(help="Print OCSF events instead.")] = False,
-    data_dir: DataDir = None,
+    data_dir: DataDir = None, as_json: JsonLinesOut = True,
 ) -> None:
     """Records matching every filter, oldest first, as JSON Lines."""
     if outcome not in (None, "success", "failure"):
@@ -152,11 +164,14 @@ def search(
 def _print_rows(rows: list[Any], ocsf: bool) -> None:
     from bastion.audit.record import to_ocsf
 
+    out = sys.stdout.buffer  # bodies are RFC 8785 UTF-8: written as stored, whatever locale
+    sys.stdout.flush()
     for row in rows:
         body = bytes(row[1])
-        line = json.dumps(to_ocsf(json.loads(body)), sort_keys=True) if ocsf else body.decode()
-        sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+        out.write(json.dumps(to_ocsf(json.loads(body)), sort_keys=True).encode("ascii")
+                  if ocsf else body)
+        out.write(b"\n")
+    out.flush()
 
 
 @audit_app.command("export")
@@ -181,7 +196,7 @@ def tail(follow: Annotated[bool, typer.Option("-f", "--follow",
                                               help="Keep printing new records.")] = False,
          lines: Annotated[int, typer.Option("-n", min=0, max=100_000)] = 10,
          ocsf: Annotated[bool, typer.Option(help="Print OCSF events.")] = False,
-         data_dir: DataDir = None) -> None:
+         data_dir: DataDir = None, as_json: JsonLinesOut = True) -> None:
     """The newest records (and, with -f, every new one as it is committed)."""
     async def job(p: Any) -> None:
         rows = await p.fast.all("SELECT seq, body FROM audit_events ORDER BY seq DESC "
@@ -334,7 +349,8 @@ def verify_archive(files: Annotated[list[Path], typer.Argument(help="Segment fil
 
     results = _run(_settings(data_dir=data_dir), job)
     text = "\n".join(
-        f"{r['file']}: ok, {r['records']} records, {r['checkpoints_verified']} checkpoints"
+        f"{r['file']}: ok, {plural(r['records'], 'record')}, "
+        f"{plural(r['checkpoints_verified'], 'checkpoint')}"
         if r["ok"] else f"{r['file']}: FAULT " + (r.get("error") or "; ".join(
             f"{f['kind']} at seq {f['seq']}" for f in r["faults"])) for r in results)
     _emit(as_json, results, text)

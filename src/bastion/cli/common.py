@@ -1,4 +1,5 @@
-"""Shared plumbing of the ``bastion`` command's sub-commands."""
+"""Shared plumbing of the ``bastion`` command's sub-commands: options, settings, running a
+job on the opened state, output, the operator's audit identity."""
 
 from __future__ import annotations
 
@@ -21,9 +22,18 @@ err = Console(stderr=True)
 out = Console(highlight=False, soft_wrap=True)
 T = TypeVar("T")
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", envvar="BASTION_DATA_DIR",
-                                             help="Data directory (default ./bastion-data).")]
+DataDir = Annotated[Path | None, typer.Option(
+    "--data-dir", envvar="BASTION_DATA_DIR", metavar="DIR",
+    help="Data directory (default: the nearest bastion-data holding state, from the "
+         "working directory up).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+RoleOpt = Annotated[list[str] | None, typer.Option("--role", metavar="ROLE",
+                                                   help="An IAM role (repeatable).")]
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 second``, ``2 seconds``."""
+    return f"{count} {word if count == 1 else many or word + 's'}"
 
 
 def _settings(**kw: Any) -> Settings:
@@ -34,12 +44,15 @@ def _settings(**kw: Any) -> Settings:
         raise typer.Exit(2) from None
 
 
-def _run(settings: Settings, job: Callable[[Any], Awaitable[T]]) -> T:
-    """Open the provider (migrating if needed), run ``job(provider)``, close."""
-    from bastion.runtime import open_provider
+def _run(settings: Settings, job: Callable[[Any], Awaitable[T]], *,
+         create: bool = False) -> T:
+    """Open the provider (migrating if needed), run ``job(provider)``, close. Only commands
+    that write pass ``create=True``: the others refuse a data dir without state instead of
+    creating an empty one."""
+    from bastion.runtime import NoState, open_provider
 
     async def go() -> T:
-        provider = await open_provider(settings)
+        provider = await open_provider(settings, create=create)
         try:
             return await job(provider)
         finally:
@@ -47,6 +60,11 @@ def _run(settings: Settings, job: Callable[[Any], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(go())
+    except NoState:
+        err.print(f"[red]error:[/red] no Bastion data in {settings.data_dir} (nothing was "
+                  "created): pass --data-dir or set BASTION_DATA_DIR to the directory "
+                  "`bastion serve` uses, or run this from the directory it runs in")
+        raise typer.Exit(2) from None
     except IdentityError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None

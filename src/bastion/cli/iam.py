@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bastion.cli_common import DataDir, JsonOut, _emit, _run, _settings, err, operator, out
+from bastion.cli.common import DataDir, JsonOut, _emit, _run, _settings, err, operator, out
 
 iam_app = typer.Typer(help="Zero-trust IAM: AWS-style JSON policies.", no_args_is_help=True)
 policies_app = typer.Typer(help="Managed policies.", no_args_is_help=True)
@@ -180,7 +180,7 @@ def policies_create(name: Annotated[str, typer.Argument()],
         return await p.iam_admin.create_policy(name, text, description=description,
                                                actor=operator())
 
-    res = _run(_settings(data_dir=data_dir), job)
+    res = _run(_settings(data_dir=data_dir), job, create=True)
     _emit(as_json, res, f"created {res['arn']}")
 
 
@@ -259,7 +259,7 @@ def detach(kind: KindArg, name: NameArg, policy: Annotated[str, typer.Argument()
 def boundary(kind: KindArg, name: NameArg,
              policy: Annotated[str | None, typer.Argument(
                  help="Managed policy to use as the boundary; omit with --clear.")] = None,
-             clear: Annotated[bool, typer.Option(help="Remove the boundary.")] = False,
+             clear: Annotated[bool, typer.Option("--clear", help="Remove the boundary.")] = False,
              data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     """Set (or --clear) a principal's permissions boundary."""
     if (policy is None) != clear:
@@ -344,7 +344,7 @@ def roles_create(name: Annotated[str, typer.Argument()],
                                              max_session_duration=max_session_duration,
                                              actor=operator())
 
-    res = _run(_settings(data_dir=data_dir), job)
+    res = _run(_settings(data_dir=data_dir), job, create=True)
     _emit(as_json, res, f"created {res['arn']}")
 
 
@@ -394,7 +394,7 @@ def resource_policy(resource_arn: Annotated[str, typer.Argument()],
     async def job(p: Any) -> None:
         await p.iam_admin.put_resource_policy(resource_arn, text, actor=operator())
 
-    _run(_settings(data_dir=data_dir), job)
+    _run(_settings(data_dir=data_dir), job, create=True)
     _emit(as_json, {"resource": resource_arn}, f"set the policy of {resource_arn}")
 
 

@@ -1,0 +1,104 @@
+"""``bastion serve``: the identity provider, the Orders API and the IAM admin API."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from bastion.cli.common import DataDir, _run, _settings, err, out
+from bastion.edge.http import is_loopback_host
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether ``host:port`` cannot be bound (another server holds it). Checked before any
+    state is touched; binding as uvicorn does (``SO_REUSEADDR``), so a port left in
+    TIME_WAIT by a stopped server is free."""
+    if port == 0:
+        return False
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return False  # uvicorn reports an unknown host itself
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def serve(
+    data_dir: DataDir = None,
+    host: Annotated[str | None, typer.Option(metavar="ADDRESS",
+                                             help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(metavar="PORT",
+                                             help="Port to listen on.")] = None,
+    issuer: Annotated[str | None, typer.Option(
+        envvar="BASTION_ISSUER", metavar="URL",
+        help="Issuer URL (default: the address served).")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(metavar="FILE",
+                                                  help="PEM certificate chain.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(metavar="FILE",
+                                                 help="PEM private key.")] = None,
+    demo: Annotated[bool, typer.Option(
+        "--demo", help="Seed the Orders example (once) and print how to use it.")] = False,
+    dev: Annotated[bool, typer.Option("--dev", help="Allow plain HTTP on loopback.")] = False,
+    log_level: Annotated[str, typer.Option(metavar="LEVEL", help="Log level.")] = "info",
+) -> None:
+    """Run the identity provider and the Orders API."""
+    import uvicorn
+
+    from bastion.app import BastionServer
+    from bastion.demo import instructions, seed
+    from bastion.runtime import ensure_admin
+
+    settings = _settings(data_dir=data_dir, host=host, port=port, issuer=issuer,
+                         tls_cert=tls_cert, tls_key=tls_key, dev=dev or None)
+    if not settings.tls:
+        if not settings.dev:
+            err.print("[red]error:[/red] serving needs TLS: pass --tls-cert and --tls-key, "
+                      "or --dev for plain HTTP on loopback")
+            raise typer.Exit(2)
+        if not is_loopback_host(settings.host):
+            err.print("[red]error:[/red] --dev serves plain HTTP on loopback addresses only")
+            raise typer.Exit(2)
+    # before any state is touched: a second server on the same data must not re-seed, rotate
+    # or migrate anything under the running one
+    if port_in_use(settings.host, settings.port):
+        err.print(f"[red]error:[/red] {settings.host}:{settings.port} is already in use (is "
+                  "Bastion already running? stop it first, or pass --port); nothing was "
+                  "changed")
+        raise typer.Exit(1)
+
+    async def prepare(provider: Any) -> tuple[str | None, str | None]:
+        password = await ensure_admin(provider)
+        text = None
+        if demo:
+            creds = await seed(provider)
+            text = instructions(provider, creds, insecure=settings.tls)
+        return password, text
+
+    admin_password, demo_text = _run(settings, prepare, create=True)
+    if admin_password:
+        err.print(f"[bold]Admin account created.[/bold] username: admin  password: "
+                  f"{admin_password}\n(shown once; set BASTION_ADMIN_PASSWORD to choose it)")
+    if demo_text:
+        out.print(demo_text)
+    database = "postgresql" if "postgres" in settings.effective_database_url else "sqlite"
+    err.print(f"Bastion issuer {settings.effective_issuer}  data {settings.data_dir}  "
+              f"database {database}")
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    uvicorn.run(BastionServer(settings, demo=demo), host=settings.host, port=settings.port,
+                ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+                ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+                log_level=log_level, access_log=False, lifespan="on",
+                server_header=False, proxy_headers=False)
