@@ -2,7 +2,9 @@
 that code replay, refresh-token reuse, logout and revocation can revoke them together
 (RFC 9700 §4.14.2: refresh token rotation with reuse detection).
 
-Runs on the fast store (``store/fast.py``): these statements are the token endpoint's hot path.
+The storage itself (refresh tokens, families, their access tokens) is behind the
+``RefreshTokens`` / ``TokenFamilies`` interfaces of ``oauth/refresh.py``, on the fast store
+(``store/fast.py``): these statements are the token endpoint's hot path.
 """
 
 from __future__ import annotations
@@ -17,7 +19,20 @@ from typing import Any, Protocol
 from bastion.iam.scheme import principal_arn
 from bastion.identity.clients import ClientInfo
 from bastion.oauth.provider import Provider
-from bastion.store.fast import Reader, Row, Tx
+from bastion.oauth.refresh import (
+    Family,
+    RefreshTokens,
+    SqlRefreshTokens,
+    SqlTokenFamilies,
+    TokenFamilies,
+)
+from bastion.store.fast import Reader, Tx
+
+__all__ = ["Family", "Person", "Subject", "create_family", "issue_tokens", "load_subject",
+           "profile_claims", "revoke_families", "revoke_family", "token_hash"]
+
+_SQL_REFRESH_TOKENS = SqlRefreshTokens()
+_SQL_FAMILIES = SqlTokenFamilies()
 
 
 def token_hash(token: str) -> str:
@@ -64,59 +79,47 @@ async def load_subject(tx: Reader, user_id: str) -> Subject | None:
                    bool(row["disabled"]), frozenset(roles))
 
 
-@dataclass(frozen=True)
-class Family:
-    id: str
-    client_id: str
-    user_id: str
-    sid: str | None
-    scope: str
-    auth_time: int | None
-    amr: list[str]
-    expires_at: int
-    revoked_at: int | None
-
-    @classmethod
-    def of(cls, row: Row) -> Family:
-        return cls(row["id"], row["client_id"], row["user_id"], row["sid"], row["scope"],
-                   row["auth_time"], _json_list(row["amr"]), row["expires_at"],
-                   row["revoked_at"])
-
-
 async def create_family(tx: Tx, client: ClientInfo, user_id: str, scope: str,
                         sid: str | None, auth_time: int | None, amr: list[str],
-                        ttl: int) -> Family:
+                        ttl: int, *, families: TokenFamilies = _SQL_FAMILIES) -> Family:
     now = int(time.time())
     family = Family(secrets.token_hex(16), client.client_id, user_id, sid, scope, auth_time,
                     amr, now + ttl, None)
-    await tx.run("INSERT INTO token_families (id, client_id, user_id, sid, scope, auth_time, "
-                 "amr, created_at, expires_at, revoked_at) VALUES (:id, :client_id, :user_id, "
-                 ":sid, :scope, :auth_time, :amr, :now, :exp, NULL)",
-                 id=family.id, client_id=client.client_id, user_id=user_id, sid=sid,
-                 scope=scope, auth_time=auth_time, amr=json.dumps(amr), now=now,
-                 exp=family.expires_at)
+    await families.create(tx, family, now)
     return family
 
 
-async def revoke_families(provider: Provider, tx: Tx, where: str, **params: Any) -> int:
-    """Revoke the unrevoked families matching ``where`` (SQL on ``token_families``) and deny
-    their unexpired access tokens at once."""
+async def revoke_family(provider: Provider, tx: Tx, family_id: str, *,
+                        families: TokenFamilies = _SQL_FAMILIES) -> int:
+    """Revoke the family (unless already revoked) and deny its unexpired access tokens at
+    once. Returns how many families were revoked: 0 or 1."""
     now = int(time.time())
-    ids = [r["id"] for r in await tx.all(
-        f"UPDATE token_families SET revoked_at = :now WHERE ({where}) "  # noqa: S608 — fixed
-        "AND revoked_at IS NULL RETURNING id", now=now, **params)]
+    return await _deny(provider, tx, families,
+                       await families.revoke(tx, now, family_id=family_id), now)
+
+
+async def revoke_families(provider: Provider, tx: Tx, where: str, **params: Any) -> int:
+    """Revoke the unrevoked families matching ``where`` (a fixed SQL condition on
+    ``token_families``, values in ``params``) and deny their unexpired access tokens at once."""
+    now = int(time.time())
+    return await _deny(provider, tx, _SQL_FAMILIES,
+                       await _SQL_FAMILIES.revoke_where(tx, now, where, **params), now)
+
+
+async def _deny(provider: Provider, tx: Tx, families: TokenFamilies, ids: list[str],
+                now: int) -> int:
     denied: list[tuple[str, int]] = []
     for fid in ids:
-        denied += [(r["jti"], r["expires_at"]) for r in await tx.all(
-            "SELECT jti, expires_at FROM issued_access_tokens WHERE family_id = :f "
-            "AND expires_at > :now", f=fid, now=now)]
+        denied += await families.live_access_tokens(tx, fid, now)
     await provider.denylist.revoke(tx, denied)
     return len(ids)
 
 
 async def issue_tokens(tx: Tx, provider: Provider, family: Family, client: ClientInfo,
                        user: Subject, scopes: list[str], *,
-                       nonce: str | None = None) -> dict[str, Any]:
+                       nonce: str | None = None,
+                       refresh_tokens: RefreshTokens = _SQL_REFRESH_TOKENS,
+                       families: TokenFamilies = _SQL_FAMILIES) -> dict[str, Any]:
     """Issue an access token (and refresh / ID tokens where due) inside ``family``."""
     s = provider.settings
     scope = " ".join(scopes)
@@ -129,16 +132,12 @@ async def issue_tokens(tx: Tx, provider: Provider, family: Family, client: Clien
     access = provider.tokens.access_token(
         subject=user.id, client_id=client.client_id, audience=provider.api_audience,
         scope=scope, ttl=s.access_token_ttl, roles=user.roles, extra=extra)
-    await tx.run("INSERT INTO issued_access_tokens (jti, family_id, expires_at) "
-                 "VALUES (:jti, :f, :exp)", jti=access.jti, f=family.id,
-                 exp=access.expires_at)
+    await families.record_access_token(tx, access.jti, family.id, access.expires_at)
     body: dict[str, Any] = {"access_token": access.token, "token_type": "Bearer",
                             "expires_in": s.access_token_ttl, "scope": scope}
     if "refresh_token" in client.grant_types:
         refresh = secrets.token_urlsafe(32)
-        await tx.run("INSERT INTO refresh_tokens (token_hash, family_id, created_at, "
-                     "rotated_at) VALUES (:h, :f, :now, NULL)", h=token_hash(refresh),
-                     f=family.id, now=access.issued_at)
+        await refresh_tokens.add(tx, token_hash(refresh), family.id, access.issued_at)
         body["refresh_token"] = refresh
     if "openid" in scopes:
         body["id_token"] = provider.tokens.id_token(

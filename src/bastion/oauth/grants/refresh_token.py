@@ -9,12 +9,23 @@ import time
 from typing import Any
 
 from bastion.oauth.errors import InvalidGrant, InvalidRequest, OAuthError, UnauthorizedClient
-from bastion.oauth.families import Family, issue_tokens, load_subject, revoke_families, token_hash
+from bastion.oauth.families import issue_tokens, load_subject, revoke_family, token_hash
 from bastion.oauth.grants.base import TokenRequest, narrow_scope
+from bastion.oauth.refresh import (
+    RefreshTokens,
+    SqlRefreshTokens,
+    SqlTokenFamilies,
+    TokenFamilies,
+)
 
 
 class RefreshTokenGrant:
     grant_type = "refresh_token"
+
+    def __init__(self, tokens: RefreshTokens | None = None,
+                 families: TokenFamilies | None = None) -> None:
+        self.tokens: RefreshTokens = tokens or SqlRefreshTokens()
+        self.families: TokenFamilies = families or SqlTokenFamilies()
 
     async def handle(self, request: TokenRequest) -> dict[str, Any]:
         client, provider, params = request.client, request.provider, request.params
@@ -28,35 +39,33 @@ class RefreshTokenGrant:
         failure: OAuthError | None = None
         body: dict[str, Any] = {}
         async with provider.fast.transaction() as tx:
-            row = await tx.one("SELECT f.* FROM refresh_tokens r JOIN token_families f "
-                               "ON f.id = r.family_id WHERE r.token_hash = :h", h=h)
-            if row is None:
+            family = await self.tokens.family_of(tx, h)
+            if family is None:
                 raise InvalidGrant("invalid refresh token")
-            family = Family.of(row)
             if family.client_id != client.client_id:
                 # §6: issued to another client (not the owner's fault: refuse, don't revoke)
                 raise InvalidGrant("invalid refresh token")
             if family.revoked_at is not None or family.expires_at <= now:
                 raise InvalidGrant("refresh token revoked or expired")
             scopes = narrow_scope(params.get("scope"), family.scope.split(" "))
-            rotated = await tx.one("UPDATE refresh_tokens SET rotated_at = :now "
-                                   "WHERE token_hash = :h AND rotated_at IS NULL "
-                                   "RETURNING token_hash", now=now, h=h)
+            # atomic: of two concurrent refreshes with one token only one rotates it
+            rotated = await self.tokens.rotate(tx, h, now)
             if rotated is None:
-                prior = await tx.one("SELECT rotated_at FROM refresh_tokens "
-                                     "WHERE token_hash = :h", h=h)
-                rotated_at = prior["rotated_at"] if prior else None
+                prior = await self.tokens.get(tx, h)
+                rotated_at = prior.rotated_at if prior else None
                 grace = provider.settings.refresh_grace_seconds
                 if rotated_at is None or now - rotated_at >= grace:
                     # reuse of a rotated token: someone holds a copy → revoke the family
-                    await revoke_families(provider, tx, "id = :fid", fid=family.id)
+                    await revoke_family(provider, tx, family.id, families=self.families)
                     failure = InvalidGrant("refresh token reuse detected; grant revoked")
             if failure is None:
                 user = await load_subject(tx, family.user_id)
                 if user is None or user.disabled:
                     failure = InvalidGrant("the user is no longer active")
                 else:
-                    body = await issue_tokens(tx, provider, family, client, user, scopes)
+                    body = await issue_tokens(tx, provider, family, client, user, scopes,
+                                              refresh_tokens=self.tokens,
+                                              families=self.families)
         if failure is not None:
             if "reuse detected" in (failure.description or ""):
                 await provider.audit.emit(
