@@ -67,6 +67,18 @@ def make_settings(tmp_path: Path, database_url: str | None = None, **over: Any) 
     return Settings(**base)
 
 
+def raised_rate_limits(factor: int = 100) -> tuple[Any, ...]:
+    """The default rate limits times ``factor``: for fixtures whose tests legitimately send
+    more sign-ins or token requests from 127.0.0.1 than a person or client would (the
+    login-throttle tests drive dozens of guesses a second). Limits stay on."""
+    from dataclasses import replace
+
+    from bastion.config import DEFAULT_RATE_LIMITS
+
+    return tuple(replace(r, rate=r.rate * factor, burst=r.burst * factor)
+                 for r in DEFAULT_RATE_LIMITS)
+
+
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
     return make_settings(tmp_path, database_url)

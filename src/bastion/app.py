@@ -1,5 +1,6 @@
 """Composition of the ASGI application: identity provider endpoints, the Orders API and the
-IAM admin API, behind the edge's request context (request ids, access log, fail-closed)."""
+IAM admin API, behind the edge's request context (request ids, access log, fail-closed) and
+its rate limits."""
 
 from __future__ import annotations
 
@@ -16,6 +17,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from bastion.admin import iam_api
 from bastion.config import Settings
 from bastion.edge.authz import Guard, authenticate
+from bastion.edge.ratelimit import (
+    Backend,
+    MemoryBackend,
+    RateLimit,
+    RedisBackend,
+    flush_refusals,
+)
 from bastion.edge.request import RequestContext
 from bastion.oauth import pages
 from bastion.oauth.authorize import authorize_endpoint
@@ -29,6 +37,21 @@ from bastion.oidc.discovery import discovery_endpoint, jwks_endpoint
 from bastion.oidc.logout import logout_endpoint
 from bastion.oidc.userinfo import userinfo_endpoint
 from bastion.orders import api as orders_api
+from bastion.store.kv import RedisKV
+
+
+def rate_limits(provider: Provider) -> list[Middleware]:
+    """The edge's rate limits (``rate_limits``/``rate_limit_rules``), shared through the
+    provider's Redis when there is one, else this process's memory."""
+    s = provider.settings
+    if not s.rate_limits or not s.rate_limit_rules:
+        return []
+    backend: Backend = MemoryBackend()
+    if isinstance(provider.kv, RedisKV):
+        backend = RedisBackend(provider.kv.client, prefix="bastion:rl:",
+                               fail_mode=s.rate_limit_fail_mode)
+    return [Middleware(RateLimit, rules=s.rate_limit_rules, backend=backend,
+                       audit=provider.audit)]
 
 
 async def healthz(provider: Provider, request: Request) -> Response:
@@ -72,7 +95,8 @@ def build_app(provider: Provider, *, demo: bool = False) -> Starlette:
         from bastion.demo import callback_page
 
         routes.append(Route("/demo/callback", callback_page, methods=["GET"]))
-    return Starlette(routes=routes, middleware=[Middleware(RequestContext)])
+    return Starlette(routes=routes,
+                     middleware=[Middleware(RequestContext), *rate_limits(provider)])
 
 
 class BastionServer:
@@ -112,6 +136,8 @@ class BastionServer:
                 gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self.app is not None:
+                    await flush_refusals(self.app)  # the last second's refusal counts
                 if self.provider is not None:
                     await self.provider.close()
                 await send({"type": "lifespan.shutdown.complete"})

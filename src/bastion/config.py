@@ -20,8 +20,27 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from bastion.edge.ratelimit import Rule
+
 SigningAlg = Literal["ES256", "RS256", "EdDSA"]
 DATA_DIR_NAME = "bastion-data"
+
+
+# Per client IP. Sign-in is a person typing (a sign-in takes 2-5 requests to /login and
+# /login/mfa): 30 a minute, 10 at once, bounds password and TOTP guessing from one address
+# well below what LoginThrottle's backoff allows, without hurting a user who mistypes. The
+# browser flow (/authorize, /consent) is a few requests per sign-in: 300 a minute, 60 at once
+# leaves room for many users behind one NAT. /token, /introspect, /revoke and /sts are
+# machine clients and resource servers: 600 a minute (10/s), 120 at once, per address;
+# introspection, called by resource servers per API request, gets twice that.
+DEFAULT_RATE_LIMITS: tuple[Rule, ...] = (
+    Rule("login", ("/login",), rate=30, period=60, burst=10, body="oauth"),
+    Rule("authorize", ("/authorize", "/consent"), rate=300, period=60, burst=60, body="oauth"),
+    Rule("token", ("/token",), rate=600, period=60, burst=120, body="oauth"),
+    Rule("introspect", ("/introspect",), rate=1200, period=60, burst=240, body="oauth"),
+    Rule("revoke", ("/revoke",), rate=600, period=60, burst=120, body="oauth"),
+    Rule("sts", ("/sts",), rate=600, period=60, burst=120, body="oauth"),
+)
 
 
 class ConfigError(Exception):
@@ -56,6 +75,21 @@ class Settings(BaseSettings):
     tls_key: Path | None = Field(None, description="PEM private key for HTTPS.")
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest request body "
                                 "accepted by the identity provider endpoints (413 beyond).")
+
+    # --- rate limits (docs/edge.md) ------------------------------------------------------
+    rate_limits: bool = Field(True, description="Apply rate_limit_rules to every request "
+                              "(429 with Retry-After and RateLimit headers beyond them).")
+    rate_limit_rules: tuple[Rule, ...] = Field(
+        DEFAULT_RATE_LIMITS, description="The limits, a JSON list in the environment or an "
+        "array of tables in TOML: name, paths (a path covers the paths below it), rate "
+        "requests per period seconds, burst, optional methods, key ip (the connection's "
+        "peer address) or client (the client id of HTTP Basic credentials, in addition to "
+        "an ip rule), body oauth or problem (the 429's shape). Shared through Redis when "
+        "redis_url is set.")
+    rate_limit_fail_mode: Literal["fail_open", "fail_closed"] = Field(
+        "fail_open", description="When Redis cannot be reached: fail_open limits each "
+        "instance on its own until Redis is back (retried every few seconds); fail_closed "
+        "answers 503 on limited routes meanwhile.")
 
     # --- tokens ------------------------------------------------------------------------
     signing_alg: SigningAlg = Field("ES256", description="Algorithm of new signing keys.")

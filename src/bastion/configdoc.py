@@ -22,7 +22,12 @@ def render() -> str:
     ]
     for name, field in Settings.model_fields.items():
         default = field.default
-        shown = "—" if default is None else f"`{default}`"
+        if default is None:
+            shown = "—"
+        elif isinstance(default, tuple) and default:
+            shown = "<br>".join(f"`{item}`" for item in default)
+        else:
+            shown = f"`{default}`"
         lines.append(f"| `{name}` | `BASTION_{name.upper()}` | {shown} | "
                      f"{(field.description or '').replace('|', '/')} |")
     return "\n".join(lines) + "\n"

@@ -22,7 +22,7 @@ from bastion.app import build_app
 from bastion.config import Settings
 from bastion.identity import throttle as throttle_module
 from bastion.store.models import User
-from tests.conftest import ISSUER, make_settings
+from tests.conftest import ISSUER, make_settings, raised_rate_limits
 from tests.flows import (
     PASSWORD,
     CodeResult,
@@ -43,10 +43,12 @@ BACKOFF_MAX = 60.0
 
 @pytest.fixture
 def settings(tmp_path: Any, database_url: str) -> Settings:
-    """Small limits, long backoffs: waiting is done by moving the throttle's clock."""
+    """Small limits, long backoffs: waiting is done by moving the throttle's clock. The
+    edge's rate limits are raised: these tests guess far faster than 30 sign-ins a minute,
+    to exercise the throttle behind them."""
     return make_settings(tmp_path, database_url, login_max_failures_account=ACCOUNT_LIMIT,
                          login_max_failures_ip=IP_LIMIT, login_backoff_base=BACKOFF,
-                         login_backoff_max=BACKOFF_MAX)
+                         login_backoff_max=BACKOFF_MAX, rate_limit_rules=raised_rate_limits())
 
 
 class Clock:

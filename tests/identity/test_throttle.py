@@ -19,7 +19,7 @@ from bastion.config import Settings
 from bastion.identity.throttle import LoginThrottle, ThrottlePolicy
 from bastion.store.kv import KV, MemoryKV, RedisKV
 from bastion.store.models import User
-from tests.conftest import ISSUER, make_settings
+from tests.conftest import ISSUER, make_settings, raised_rate_limits
 from tests.flows import PASSWORD, add_client, add_user, hidden_fields, pkce
 from tests.identity.test_login_throttle import signed_in, throttled, wrong_code
 
@@ -134,10 +134,12 @@ async def test_success_resets_the_account_not_the_address(kv):
 
 @pytest.fixture(params=["memory", "redis"])
 def settings(request: pytest.FixtureRequest, tmp_path: Any, database_url: str) -> Settings:
+    # the edge's rate limits are raised: these tests send concurrent guesses from 127.0.0.1
+    # to prove the throttle behind them caps them
     over: dict[str, Any] = {"redis_url": REDIS} if request.param == "redis" else {}
     return make_settings(tmp_path, database_url, login_max_failures_account=LIMIT,
                          login_max_failures_ip=100, login_backoff_base=30.0,
-                         login_backoff_max=60.0, **over)
+                         login_backoff_max=60.0, rate_limit_rules=raised_rate_limits(), **over)
 
 
 @pytest.fixture

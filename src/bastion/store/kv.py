@@ -98,6 +98,11 @@ class RedisKV:
         self._r = aioredis.Redis.from_url(url)
         self._p = prefix
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The connection pool, for other users of the same Redis (the rate limiter)."""
+        return self._r
+
     async def get(self, key: str) -> bytes | None:
         return _bytes(await self._r.get(self._p + key))
 
