@@ -52,15 +52,6 @@ from tests.live import BASTION
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-async def signed(provider: Any) -> Checkpoint:
-    """Records 1..60, the checkpoint at 40 stored by the notary (kept elsewhere too)."""
-    await fill(provider, SIGNED)
-    cp = await provider.notary.checkpoint()
-    assert cp is not None and cp.tree_size == SIGNED
-    await fill(provider, TOTAL)
-    return cp
-
 
 def canonical(record: dict[str, Any]) -> bytes:
     return json.dumps(record, sort_keys=True, separators=(",", ":"),

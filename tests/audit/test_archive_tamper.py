@@ -35,15 +35,6 @@ from tests.audit.test_tamper import (
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-async def signed(provider: Any) -> Checkpoint:
-    """test_tamper's trail: records 1..60, the checkpoint at 40 stored by the notary."""
-    await fill(provider, SIGNED)
-    cp = await provider.notary.checkpoint()
-    assert cp is not None and cp.tree_size == SIGNED
-    await fill(provider, TOTAL)
-    return cp
-
 
 def files_in(directory: Path) -> list[Path]:
     return list(directory.iterdir())
