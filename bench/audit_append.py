@@ -32,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from bastion.audit.record import build_record, canonical_bytes  # noqa: E402
-from bastion.audit.trail import INSERT_SQL, AuditTrail, _columns  # noqa: E402
+from bastion.audit.trail import INSERT_SQL, AuditTrail, search_columns  # noqa: E402
 from bastion.store.db import migrate_blocking  # noqa: E402
 from bastion.store.fast import open_fast_store  # noqa: E402
 
@@ -112,7 +112,7 @@ def main() -> None:
     args = ap.parse_args()
 
     records = [sample(i) for i in range(args.records)]
-    rows = [_columns(canonical_bytes(r), r) | {"seq": i + 1, "hash": bytes(32)}
+    rows = [search_columns(canonical_bytes(r), r) | {"seq": i + 1, "hash": bytes(32)}
             for i, r in enumerate(records)]
     size = sum(len(r["body"]) for r in rows) / len(rows)
     print(f"{args.records:,} records, {size:.0f} bytes each (canonical JSON); "

@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import logging.handlers
@@ -44,6 +43,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from bastion.audit.record import to_ocsf
+from bastion.edge.http import is_loopback_host
 from bastion.store.fast import FastStore
 
 if TYPE_CHECKING:
@@ -74,17 +74,6 @@ def safe_url(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
-def _loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _format(bodies: list[bytes], ocsf: bool) -> list[str]:
@@ -203,7 +192,7 @@ def parse_sinks(value: str, *, allow_http_loopback: bool = False) -> list[str]:
                 host = None
             if not host:
                 raise ValueError(f"audit sink {safe_url(spec)!r} has no host")
-            if parts.scheme == "http" and not (allow_http_loopback and _loopback(host)):
+            if parts.scheme == "http" and not (allow_http_loopback and is_loopback_host(host)):
                 raise ValueError(f"audit sink {safe_url(spec)!r}: plain http is refused; use "
                                  "https (http only to a loopback address, with "
                                  "audit_sink_allow_http_loopback)")
