@@ -58,6 +58,7 @@ def serve(
 
     from bastion.app import BastionServer
     from bastion.demo import instructions, seed
+    from bastion.edge.server import server_options
     from bastion.runtime import ensure_admin
 
     settings = _settings(data_dir=data_dir, host=host, port=port, issuer=issuer,
@@ -97,8 +98,9 @@ def serve(
               f"database {database}")
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # flood protection at the server layer: the guarded HTTP protocol (edge/server.py)
     uvicorn.run(BastionServer(settings, demo=demo), host=settings.host, port=settings.port,
                 ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
                 ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
                 log_level=log_level, access_log=False, lifespan="on",
-                server_header=False, proxy_headers=False)
+                server_header=False, **server_options(settings))

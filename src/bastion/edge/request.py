@@ -5,7 +5,13 @@ the fail-closed answer when the trail cannot record a security decision, and the
 request id; never headers or bodies).
 
 The request id is always Bastion's own: a client-sent ``X-Request-Id`` is not trusted (it
-could collide with or forge another request's records)."""
+could collide with or forge another request's records).
+
+The client IP is computed here, once: the peer address, or behind ``trusted_proxies`` the
+right-most untrusted hop of their forwarding header (``bastion.edge.clientip``). It goes to
+``scope["state"]["client_ip"]`` (the connection's own peer to ``"peer_ip"``), into
+``scope["client"]`` (so ``request.client.host`` agrees) and into the audit context; rate
+limits, IAM's ``aws:SourceIp``, the WAF and the audit trail all read that one value."""
 
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bastion.audit.context import RequestInfo, current_request
 from bastion.audit.trail import AuditUnavailable
+from bastion.edge.clientip import TrustedProxies
 
 log = logging.getLogger("bastion.edge")
 access_log = logging.getLogger("bastion.access")
@@ -25,8 +32,9 @@ MAX_UA = 512
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, trusted_proxies: TrustedProxies | None = None) -> None:
         self.app = app
+        self.proxies = trusted_proxies if trusted_proxies else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -39,10 +47,19 @@ class RequestContext:
                 user_agent = value[:MAX_UA].decode("latin-1")
                 break
         client = scope.get("client")
-        info = RequestInfo(request_id=request_id, source_ip=client[0] if client else None,
+        peer = str(client[0]) if client else None
+        source_ip = peer
+        if self.proxies is not None:
+            source_ip = self.proxies.client_ip(peer, scope["headers"])
+            if source_ip != peer and client:
+                scope["client"] = (source_ip, 0)
+        info = RequestInfo(request_id=request_id, source_ip=source_ip,
                            user_agent=user_agent, secure=scope.get("scheme") == "https",
                            method=scope["method"], path=scope["path"])
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["client_ip"] = source_ip
+        state["peer_ip"] = peer
         token = current_request.set(info)
         start = time.perf_counter()
         status = 0  # 0: no response started
