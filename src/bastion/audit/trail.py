@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -178,6 +178,14 @@ class AuditTrail:
         self.appended = 0  # records committed by this process (checkpoint trigger)
         self.spooled = 0  # records this process spooled because the database failed
         self.lost = 0  # records neither written nor spooled (each waiter got the error)
+        # metrics hooks (edge/metrics.py): each built record, each group commit's seconds
+        self.observers: list[Callable[[Mapping[str, Any]], None]] = []
+        self.commit_observers: list[Callable[[float], None]] = []
+
+    @property
+    def queued(self) -> int:
+        """Records waiting for the next group commit."""
+        return len(self._pending)
 
     # --- recording ----------------------------------------------------------------------
     async def emit(self, event_name: str, **fields: Any) -> dict[str, Any]:
@@ -199,8 +207,11 @@ class AuditTrail:
             fields.setdefault("source_ip", req.source_ip)
             fields.setdefault("user_agent", req.user_agent)
         fields.setdefault("event_time", time.time())
+        record = build_record(event_name, **fields)
+        for observe in self.observers:
+            observe(record)
         # the same rounding as the record's eventTime, so --since <eventTime> finds it
-        return build_record(event_name, **fields), int(round(fields["event_time"] * 1000))
+        return record, int(round(fields["event_time"] * 1000))
 
     async def append(self, record: Mapping[str, Any], *, event_ms: int | None = None) -> None:
         # a cancelled waiter (client gone) cancels only its wait: the record is queued and
@@ -291,8 +302,11 @@ class AuditTrail:
             raise AuditUnavailable(f"{lost} audit record(s) could not be written at shutdown")
 
     async def _commit(self, rows: list[dict[str, Any]]) -> None:
+        start = time.perf_counter()
         async with self._lock:
             await self._commit_locked(rows)
+        for observe in self.commit_observers:
+            observe(time.perf_counter() - start)
 
     async def _commit_locked(self, rows: list[dict[str, Any]]) -> None:
         had_spool = self._spooled and self.spool.pending()

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bastion.audit.context import current_request
 from bastion.audit.trail import AuditTrail
+from bastion.edge.metrics import Refusals
 from bastion.iam import Decision
 from bastion.iam.authorizer import Authorizer, Principal, Subject
 from bastion.iam.scheme import parse_principal_arn
@@ -73,10 +74,13 @@ def user_identity(subject: Subject, principal: Principal | None) -> dict[str, An
     return ident
 
 
-def authenticate(verifier: TokenVerifier, audit: AuditTrail) -> Middleware:
+def authenticate(verifier: TokenVerifier, audit: AuditTrail,
+                 metrics: Refusals | None = None) -> Middleware:
     """Bearer authentication whose every refusal is an ``Authenticate`` audit record (with
-    the RFC 6750 error code; never the token)."""
+    the RFC 6750 error code; never the token), counted as ``("authn", code)``."""
     async def refused(err: BearerError) -> None:
+        if metrics is not None:
+            metrics.refused("authn", err.error or "missing_token")
         await audit.emit("Authenticate", user_identity={"type": "Anonymous"},
                          error_code=err.error or "missing_token",
                          error_message=err.description or "no bearer token")
@@ -92,18 +96,21 @@ class Guard:
     verifier: TokenVerifier
     iam: Authorizer
     audit: AuditTrail
+    metrics: Refusals | None = None
 
     def __call__(self, action: str, resource: str, *, scope: str | None = None,
                  context: ContextHook | None = None) -> list[Middleware]:
-        return [authenticate(self.verifier, self.audit),
+        return [authenticate(self.verifier, self.audit, self.metrics),
                 Middleware(Authorize, iam=self.iam, audit=self.audit, action=action,
-                           resource=resource, scope=scope, context=context)]
+                           resource=resource, scope=scope, context=context,
+                           metrics=self.metrics)]
 
 
 class Authorize:
     def __init__(self, app: ASGIApp, *, iam: Authorizer, audit: AuditTrail, action: str,
                  resource: str, audit_allowed: bool = False,
-                 scope: str | None = None, context: ContextHook | None = None) -> None:
+                 scope: str | None = None, context: ContextHook | None = None,
+                 metrics: Refusals | None = None) -> None:
         if ":" not in action or not resource.startswith("arn:"):
             raise ValueError("action must be service:Action and resource an ARN template")
         self.scope = scope  # an OAuth scope the token must carry, whatever IAM allows
@@ -114,6 +121,7 @@ class Authorize:
         self.action = action
         self.resource = resource
         self.audit_allowed = audit_allowed
+        self.metrics = metrics  # refusals counted as ("authn"|"iam", reason)
 
     def resource_arn(self, scope: Scope) -> str:
         params = {k: str(v)[:MAX_PARAM] for k, v in scope.get("path_params", {}).items()}
@@ -129,6 +137,8 @@ class Authorize:
             raise RuntimeError("Authorize needs BearerAuthMiddleware before it")
         subject = subject_of(token, self.iam.account)
         if await self._parent_revoked(token):
+            if self.metrics is not None:
+                self.metrics.refused("authn", "parent_revoked")
             await self.audit.emit("Authenticate", user_identity=user_identity(subject, None),
                                   error_code="invalid_token",
                                   error_message="a parent of the session was revoked")
@@ -162,6 +172,9 @@ class Authorize:
                                       additional={"decision": decision.to_dict()})
             await self.app(scope, receive, send)
             return
+        if self.metrics is not None:
+            self.metrics.refused("iam", "missing_scope" if self.scope is not None
+                                 and self.scope not in token.scopes else decision.decision)
         who = principal.arn if principal else f"{subject.kind} {subject.key}"
         message = (f"{who} is not authorized to perform: {self.action} on resource: "
                    f"{resource} because {decision.reason}")

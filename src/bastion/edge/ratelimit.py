@@ -25,9 +25,10 @@ records are aggregated per rule and key: the first refusal of a key is recorded 
 429 leaves, the further ones of the next ``audit_window`` seconds are counted and written
 as one record at its end, so a flood writes at most one record per key, rule and window.
 
-Keys are the peer address of the connection (``scope["client"]``) or, for a ``client``
-rule, the client id in HTTP Basic credentials (RFC 6749 §2.3.1, form-encoded); never a
-forwarding header (trusted proxies are a later concern).
+Keys are the client IP (``scope["state"]["client_ip"]`` as ``RequestContext`` computed it,
+trusted proxies applied; else the connection's peer, ``scope["client"]``) or, for a
+``client`` rule, the client id in HTTP Basic credentials (RFC 6749 §2.3.1, form-encoded);
+never a forwarding header read here.
 """
 
 from __future__ import annotations
@@ -52,12 +53,13 @@ from redis.exceptions import RedisError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bastion.edge.metrics import Refusals
 from bastion.edge.problem import MEDIA_TYPE, problem_body
 
 log = logging.getLogger("bastion.edge.ratelimit")
 
 Clock = Callable[[], float]
-KeyKind = Literal["ip", "client"]
+KeyKind = Literal["ip", "client", "principal"]
 BodyStyle = Literal["oauth", "problem"]
 FailMode = Literal["fail_open", "fail_closed"]
 MAX_CLIENT_ID = 256
@@ -69,8 +71,10 @@ class Rule:
     """One limit: ``rate`` requests per ``period`` seconds with a burst of ``burst``, for
     requests whose path is one of ``paths`` or below it (``/login`` covers ``/login/mfa``,
     not ``/loginx``) and whose method is in ``methods`` (empty: every method), counted per
-    ``key``: the client IP, or the OAuth client id of HTTP Basic credentials (requests
-    without them are not counted by such a rule). ``body``: the shape of the 429 body."""
+    ``key``: the client IP, or the OAuth client id of HTTP Basic credentials, or the
+    principal of the verified bearer token (``principal``: only where the middleware runs
+    after authentication, e.g. a proxied route's limits); requests without that key are
+    not counted by such a rule. ``body``: the shape of the 429 body."""
 
     name: str
     paths: tuple[str, ...]
@@ -92,8 +96,10 @@ class Rule:
             raise ValueError(f"rate limit {self.name}: methods are upper-case, e.g. POST")
         if self.rate < 1 or self.period < 1 or self.burst < 1:
             raise ValueError(f"rate limit {self.name}: rate, period and burst must be >= 1")
-        if self.key not in ("ip", "client") or self.body not in ("oauth", "problem"):
-            raise ValueError(f"rate limit {self.name}: key is ip|client, body oauth|problem")
+        if self.key not in ("ip", "client", "principal") or self.body not in ("oauth",
+                                                                            "problem"):
+            raise ValueError(f"rate limit {self.name}: key is ip|client|principal, body "
+                             "oauth|problem")
         if self.period * US // self.rate < 1:
             raise ValueError(f"rate limit {self.name}: rate too high for its period")
 
@@ -375,6 +381,17 @@ def basic_client_id(headers: Headers) -> str | None:
     return user
 
 
+def principal_of(scope: Scope) -> str | None:
+    """Who the verified bearer token speaks for (``BearerAuthMiddleware`` left it in
+    ``scope["state"]["token"]``): its principal ARN, else its subject."""
+    token = scope.get("state", {}).get("token")
+    claims = getattr(token, "claims", None)
+    if not isinstance(claims, dict):
+        return None
+    arn = claims.get("principal_arn")
+    return str(arn) if isinstance(arn, str) and arn else getattr(token, "subject", None)
+
+
 def _header_list(items: Sequence[str]) -> bytes:
     return ", ".join(items).encode()
 
@@ -384,7 +401,8 @@ class RateLimit:
     any refusal refuses it). Usable in any Starlette app; see the module docstring."""
 
     def __init__(self, app: ASGIApp, *, rules: Sequence[Rule], backend: Backend,
-                 audit: AuditSink | None = None, audit_window: float = 1.0) -> None:
+                 audit: AuditSink | None = None, audit_window: float = 1.0,
+                 metrics: Refusals | None = None) -> None:
         rules = tuple(rules)
         if not all(isinstance(r, Rule) for r in rules):
             raise TypeError("rules must be Rule instances")
@@ -399,6 +417,7 @@ class RateLimit:
         self.rules = rules
         self.backend = backend
         self.refusals = RefusalLog(audit, audit_window) if audit is not None else None
+        self.metrics = metrics  # refusals counted as ("rate_limit", rule name)
         self._policy = {r.name: f'"{r.name}";q={r.rate};w={r.period};bastion-burst={r.burst}'
                         for r in rules}
 
@@ -411,8 +430,10 @@ class RateLimit:
         if not matched:
             await self.app(scope, receive, send)
             return
-        client = scope.get("client")
-        ip = str(client[0]) if client else "-"
+        ip = scope.get("state", {}).get("client_ip")  # RequestContext's, proxies applied
+        if ip is None:
+            client = scope.get("client")
+            ip = str(client[0]) if client else "-"
         headers = Headers(scope=scope)
         client_id = basic_client_id(headers) if any(r.key == "client" for r in matched) \
             else None
@@ -420,6 +441,11 @@ class RateLimit:
         for rule in matched:
             if rule.key == "ip":
                 key = ip
+            elif rule.key == "principal":
+                who = principal_of(scope)
+                if who is None:
+                    continue
+                key = hashlib.sha256(who.encode()).hexdigest()[:32]
             elif client_id is not None:
                 key = hashlib.sha256(client_id.encode()).hexdigest()[:32]
             else:
@@ -428,6 +454,8 @@ class RateLimit:
                 result = await self.backend.take(f"{rule.bucket}:{key}", rule.interval_us,
                                                  rule.burst)
             except BackendUnavailable:
+                if self.metrics is not None:
+                    self.metrics.refused("rate_limit", "backend_unavailable")
                 await self._unavailable(scope, send, rule)
                 return
             results.append((rule, key, result))
@@ -438,6 +466,8 @@ class RateLimit:
         refused = [(r, k, v) for r, k, v in results if not v.allowed]
         if refused:
             worst = max(refused, key=lambda item: item[2].retry_after)
+            if self.metrics is not None:
+                self.metrics.refused("rate_limit", worst[0].name)
             if self.refusals is not None:
                 for rule, key, _ in refused:
                     params: dict[str, Any] = {"method": method, "path": path[:200],
