@@ -100,9 +100,15 @@ async def open_provider(settings: Settings, *, create: bool = True) -> Provider:
         raise
     kv = create_kv(settings.redis_url)
     fast = await open_fast_store(settings.effective_database_url)
-    provider = Provider(settings=settings, engine=engine, sessions=sessions, kv=kv,
-                        wrapper=wrapper, keyring=ring, denylist=Denylist(kv, sessions),
-                        fast=fast)
+    try:
+        provider = Provider(settings=settings, engine=engine, sessions=sessions, kv=kv,
+                            wrapper=wrapper, keyring=ring, denylist=Denylist(kv, sessions),
+                            fast=fast)
+    except BaseException:  # the KMS root keeper could not be opened (fail closed)
+        await kv.close()
+        await fast.close()
+        await engine.dispose()
+        raise
     try:
         await provider.denylist.sync()
         await bootstrap_iam(provider.iam_admin)

@@ -24,6 +24,7 @@ from bastion.iam.authorizer import Authorizer
 from bastion.identity.clients import CLIENT_ID_RE, CLIENT_SQL, ClientInfo, client_from_row
 from bastion.identity.throttle import LoginThrottle, ThrottlePolicy
 from bastion.kms import KeyWrapper
+from bastion.kms.service import KMS, open_kms
 from bastion.store.fast import FastStore, SqliteStore
 from bastion.store.kv import KV
 from bastion.store.models import (
@@ -58,6 +59,7 @@ class Provider:
     notary: Notary = field(init=False)
     iam: Authorizer = field(init=False)
     iam_admin: IamAdmin = field(init=False)
+    kms: KMS = field(init=False)
     _clients: dict[str, tuple[float, ClientInfo | None]] = field(default_factory=dict)
     _client_lookups: dict[str, asyncio.Future[ClientInfo | None]] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -81,6 +83,7 @@ class Provider:
         self.throttle = LoginThrottle(self.kv, ThrottlePolicy(
             s.login_max_failures_account, s.login_max_failures_ip, s.login_backoff_base,
             s.login_backoff_max, s.login_failure_window))
+        self.kms = open_kms(s, self.fast, self.iam, self.audit)  # RootUnavailable: fail closed
 
     # --- endpoints' URLs -------------------------------------------------------------------
     def url(self, path: str) -> str:
@@ -135,6 +138,7 @@ class Provider:
             # revoked families are kept until expiry: reuse of their tokens stays detectable
             await self.denylist.purge(db, now)
             await keys.purge_expired(db, now)
+        await self.kms.housekeeping()  # due key deletions and automatic rotations
 
     async def _every(self, seconds: float, job: str) -> None:
         while True:
@@ -198,6 +202,7 @@ class Provider:
                 await task
         for sink in self._sinks:
             await sink.close()
+        self.kms.close()
         await self.kv.close()
         await self.fast.close()
         await self.engine.dispose()
