@@ -22,6 +22,9 @@ inline_app = typer.Typer(help="Inline policies of users, groups, roles and clien
 iam_app.add_typer(policies_app, name="policies")
 iam_app.add_typer(roles_app, name="roles")
 iam_app.add_typer(inline_app, name="inline")
+access_keys_app = typer.Typer(help="Access keys (AWS SigV4) of users and of clients as "
+                              "service accounts.", no_args_is_help=True)
+iam_app.add_typer(access_keys_app, name="access-keys")
 
 PolicyKindOpt = Annotated[str, typer.Option(
     "--kind", help="identity | resource | trust | boundary | session")]
@@ -396,6 +399,146 @@ def resource_policy(resource_arn: Annotated[str, typer.Argument()],
 
     _run(_settings(data_dir=data_dir), job, create=True)
     _emit(as_json, {"resource": resource_arn}, f"set the policy of {resource_arn}")
+
+
+# --- access keys (identity/access_keys.py) -------------------------------------------------
+UserOpt = Annotated[str | None, typer.Option("--user", metavar="NAME", help="A username.")]
+ClientOpt = Annotated[str | None, typer.Option("--client", metavar="ID",
+                                               help="A client id (a service account).")]
+KeyIdArg = Annotated[str, typer.Argument(metavar="ACCESS_KEY_ID")]
+
+
+def _key_resource(p: Any, row: dict[str, Any]) -> list[dict[str, str]]:
+    from bastion.iam.scheme import principal_arn
+
+    name = row["OwnerId"] if row["OwnerKind"] != "user" else row["Owner"]
+    return [{"type": "Bastion::IAM::AccessKey", "accessKeyId": row["AccessKeyId"],
+             "ARN": principal_arn(row["OwnerKind"], name, p.settings.account_id)}]
+
+
+@access_keys_app.command("create")
+def access_keys_create(
+    user: UserOpt = None, client: ClientOpt = None,
+    role: Annotated[str | None, typer.Option(
+        "--role", metavar="NAME", help="A role: temporary credentials of a session.")] = None,
+    session_name: Annotated[str, typer.Option(
+        "--session-name", metavar="NAME", help="With --role: the session's name.")] = "cli",
+    duration: Annotated[int, typer.Option(
+        "--duration", metavar="SECONDS", help="With --role: lifetime (900 to the role's "
+        "maximum).")] = 3600,
+    policy_file: Annotated[Path | None, typer.Option(
+        "--policy-file", help="With --role: a session policy that narrows the role.")] = None,
+    data_dir: DataDir = None, as_json: JsonOut = False,
+) -> None:
+    """Create an access key pair for a user or a client (at most two per owner), or
+    temporary credentials (with a session token) for a role session; the secret is printed
+    once."""
+    from bastion.identity.access_keys import create_access_key, create_session_key
+    from bastion.identity.users import IdentityError
+    from bastion.runtime import record_change
+
+    policy = _read(policy_file) if policy_file is not None else None
+
+    async def job(p: Any) -> dict[str, Any]:
+        async with p.sessions.begin() as db:
+            if role is not None:
+                if user is not None or client is not None:
+                    raise IdentityError("name exactly one owner: --user, --client or --role")
+                key = await create_session_key(db, p.wrapper, role, session_name, duration,
+                                               policy)
+            else:
+                key = await create_access_key(db, p.wrapper, user=user, client=client)
+            data = key.to_dict()
+            params: dict[str, Any] = {"ownerKind": key.owner_kind, "owner": key.owner_name}
+            if role is not None:
+                params.update(roleSessionName=session_name, durationSeconds=duration)
+            await record_change(p, db, "CreateAccessKey", user_identity=operator(),
+                                request_parameters=params,
+                                response_elements={"accessKeyId": key.access_key_id,
+                                                   "status": "Active",
+                                                   "expiration": key.expires_at},
+                                resources=_key_resource(p, data))
+        return data
+
+    data = _run(_settings(data_dir=data_dir), job)
+    text = (f"created access key {data['AccessKeyId']} for {data['OwnerKind']} "
+            f"{data['Owner']}\nsecret access key (shown once): {data['SecretAccessKey']}")
+    if "SessionToken" in data:
+        text += f"\nsession token: {data['SessionToken']}\nexpires: {data['Expiration']}"
+    _emit(as_json, data, text)
+
+
+@access_keys_app.command("list")
+def access_keys_list(user: UserOpt = None, client: ClientOpt = None,
+                     data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """List access keys (all, or one owner's): status, creation and last use."""
+    from bastion.identity.access_keys import list_access_keys
+
+    async def job(p: Any) -> list[dict[str, Any]]:
+        async with p.sessions() as db:
+            return await list_access_keys(db, user=user, client=client)
+
+    rows = _run(_settings(data_dir=data_dir), job)
+
+    def when(ts: int | None) -> str:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if ts else "-"
+
+    _emit(as_json, rows, "\n".join(
+        f"{r['AccessKeyId']}  {r['Status']:8} {r['OwnerKind']:6} {r['Owner']:24} "
+        f"created {when(r['CreateDate'])}  last used {when(r['LastUsedDate'])}"
+        for r in rows) or "no access keys")
+
+
+def _set_key_status(key_id: str, status: str, data_dir: Path | None, as_json: bool) -> None:
+    from bastion.identity.access_keys import describe, owner_name, set_status
+    from bastion.runtime import record_change
+
+    async def job(p: Any) -> dict[str, Any]:
+        async with p.sessions.begin() as db:
+            row = await set_status(db, key_id, status)
+            data = describe(row, await owner_name(db, row))
+            await record_change(p, db, "UpdateAccessKey", user_identity=operator(),
+                                request_parameters={"accessKeyId": key_id, "status": status},
+                                resources=_key_resource(p, data))
+        return data
+
+    data = _run(_settings(data_dir=data_dir), job)
+    _emit(as_json, data, f"access key {key_id} is {status}")
+
+
+@access_keys_app.command("deactivate")
+def access_keys_deactivate(key_id: KeyIdArg, data_dir: DataDir = None,
+                           as_json: JsonOut = False) -> None:
+    """Make a key Inactive: its signatures are refused (running servers within
+    access_key_cache_ttl seconds)."""
+    _set_key_status(key_id, "Inactive", data_dir, as_json)
+
+
+@access_keys_app.command("activate")
+def access_keys_activate(key_id: KeyIdArg, data_dir: DataDir = None,
+                         as_json: JsonOut = False) -> None:
+    """Make an Inactive key Active again."""
+    _set_key_status(key_id, "Active", data_dir, as_json)
+
+
+@access_keys_app.command("delete")
+def access_keys_delete(key_id: KeyIdArg, data_dir: DataDir = None,
+                       as_json: JsonOut = False) -> None:
+    """Delete a key for good."""
+    from bastion.identity.access_keys import delete_access_key, describe, owner_name
+    from bastion.runtime import record_change
+
+    async def job(p: Any) -> dict[str, Any]:
+        async with p.sessions.begin() as db:
+            row = await delete_access_key(db, key_id)
+            data = describe(row, await owner_name(db, row))
+            await record_change(p, db, "DeleteAccessKey", user_identity=operator(),
+                                request_parameters={"accessKeyId": key_id},
+                                resources=_key_resource(p, data))
+        return {"deleted": key_id}
+
+    _run(_settings(data_dir=data_dir), job)
+    _emit(as_json, {"deleted": key_id}, f"deleted access key {key_id}")
 
 
 __all__ = ["iam_app", "out"]
