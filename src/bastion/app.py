@@ -11,12 +11,16 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bastion.admin import iam_api
 from bastion.config import Settings
 from bastion.edge.authz import Guard, authenticate
+from bastion.edge.clientip import TrustedProxies
+from bastion.edge.counters import COUNTERS
+from bastion.edge.metrics import Metrics, MetricsMiddleware, metrics_endpoint
+from bastion.edge.proxy import Proxy
 from bastion.edge.ratelimit import (
     Backend,
     MemoryBackend,
@@ -25,6 +29,11 @@ from bastion.edge.ratelimit import (
     flush_refusals,
 )
 from bastion.edge.request import RequestContext
+from bastion.edge.shed import Shed
+from bastion.edge.waf.middleware import WafMiddleware
+from bastion.edge.waf.settings import build_waf, middleware_options
+from bastion.iam.bootstrap import ADMIN_SCOPE
+from bastion.kms.api import KmsAPI
 from bastion.oauth import pages
 from bastion.oauth.authorize import authorize_endpoint
 from bastion.oauth.provider import Provider
@@ -40,18 +49,61 @@ from bastion.orders import api as orders_api
 from bastion.store.kv import RedisKV
 
 
-def rate_limits(provider: Provider) -> list[Middleware]:
+def limiter(provider: Provider, prefix: str = "bastion:rl:") -> Backend:
+    """A rate limit backend: the provider's Redis when there is one, else memory."""
+    if isinstance(provider.kv, RedisKV):
+        return RedisBackend(provider.kv.client, prefix=prefix,
+                            fail_mode=provider.settings.rate_limit_fail_mode)
+    return MemoryBackend()
+
+
+def rate_limits(provider: Provider, metrics: Metrics | None = None) -> list[Middleware]:
     """The edge's rate limits (``rate_limits``/``rate_limit_rules``), shared through the
     provider's Redis when there is one, else this process's memory."""
     s = provider.settings
     if not s.rate_limits or not s.rate_limit_rules:
         return []
-    backend: Backend = MemoryBackend()
-    if isinstance(provider.kv, RedisKV):
-        backend = RedisBackend(provider.kv.client, prefix="bastion:rl:",
-                               fail_mode=s.rate_limit_fail_mode)
+    backend = limiter(provider)
+    if metrics is not None:
+        metrics.watch_limiter("edge", backend)
     return [Middleware(RateLimit, rules=s.rate_limit_rules, backend=backend,
-                       audit=provider.audit)]
+                       audit=provider.audit, metrics=metrics)]
+
+
+def proxied_routes(provider: Provider, guard: Guard, metrics: Metrics) -> Proxy:
+    """The reverse proxy's routes (``routes``, docs/edge.md), with their own limiter."""
+    routes = provider.settings.routes
+    backend = limiter(provider, "bastion:rl:route:")
+    if any(r.rate_limits for r in routes):
+        metrics.watch_limiter("routes", backend)
+    return Proxy(routes, issuer=provider.issuer_url, keyring=lambda: provider.keyring,
+                 guard=guard, audit=provider.audit, limiter=backend, metrics=metrics)
+
+
+def edge_context(provider: Provider) -> Middleware:
+    """Request ids and the one client IP (``trusted_proxies``, docs/edge.md)."""
+    s = provider.settings
+    return Middleware(RequestContext, trusted_proxies=TrustedProxies(
+        s.trusted_proxies, header=s.trusted_proxy_header))
+
+
+def web_firewall(provider: Provider, metrics: Metrics | None = None) -> list[Middleware]:
+    """The WAF on every request (``waf_*``, docs/waf.md); none with ``waf_mode = off``."""
+    s = provider.settings
+    if s.waf_mode == "off":
+        return []
+    return [Middleware(WafMiddleware, waf=build_waf(s), audit=provider.audit,
+                       metrics=metrics, **middleware_options(s))]
+
+
+def load_shedding(provider: Provider) -> Middleware:
+    """The cap on requests in flight and its queue (docs/edge.md, flood protection)."""
+    s = provider.settings
+    return Middleware(Shed, max_in_flight=s.max_in_flight, queue_size=s.queue_size,
+                      queue_timeout=s.queue_timeout, audit=provider.audit)
+
+
+METRICS_ARN = "arn:bastion:bastion::{account}:metrics"  # the resource of bastion:GetMetrics
 
 
 async def healthz(provider: Provider, request: Request) -> Response:
@@ -63,10 +115,13 @@ def build_app(provider: Provider, *, demo: bool = False) -> Starlette:
     grants = default_grants()
     grant_names = [g.grant_type for g in grants]
     p = provider
-    bearer = [authenticate(p.verifier, p.audit)]
-    guard = Guard(p.verifier, p.iam, p.audit)
+    metrics = Metrics()
+    metrics.watch_audit(p.audit)
+    metrics.watch_edge(COUNTERS)
+    bearer = [authenticate(p.verifier, p.audit, metrics)]
+    guard = Guard(p.verifier, p.iam, p.audit, metrics)
     orders = orders_api.OrdersAPI(p.fast, p.audit, p.settings.account_id)
-    routes = [  # hottest first: Starlette matches routes in order
+    routes: list[BaseRoute] = [  # hottest first: Starlette matches routes in order
         Route("/token", TokenEndpoint(p, grants).handle, methods=["POST"]),
         *orders_api.routes(orders, guard),
         Route("/healthz", partial(healthz, p), methods=["GET"]),
@@ -91,12 +146,33 @@ def build_app(provider: Provider, *, demo: bool = False) -> Starlette:
 
     ]
     routes += iam_api.routes(iam_api.IamAPI(p.iam_admin, p.iam, p.fast), guard)
+    routes += KmsAPI(p).routes()  # POST /kms, and POST / only with X-Amz-Target
+    if p.settings.metrics:
+        routes.append(Route("/metrics", partial(metrics_endpoint, metrics), methods=["GET"],
+                            middleware=guard("bastion:GetMetrics", METRICS_ARN,
+                                             scope=ADMIN_SCOPE)))
+    proxy = proxied_routes(p, guard, metrics)
+    routes += proxy.routes()  # after Bastion's own: they win a path both claim
     if demo:
         from bastion.demo import callback_page
 
         routes.append(Route("/demo/callback", callback_page, methods=["GET"]))
-    return Starlette(routes=routes,
-                     middleware=[Middleware(RequestContext), *rate_limits(provider)])
+    app = Starlette(routes=routes,
+                    middleware=[Middleware(MetricsMiddleware, metrics=metrics),
+                                edge_context(provider), load_shedding(provider),
+                                *rate_limits(provider, metrics),
+                                *web_firewall(provider, metrics)])
+    app.state.metrics, app.state.proxy = metrics, proxy
+    return app
+
+
+async def close_app(app: ASGIApp) -> None:
+    """Release what ``build_app`` opened: the proxy's upstream connections, the metrics'
+    hooks on the audit trail."""
+    state = getattr(app, "state", None)
+    if state is not None and hasattr(state, "proxy"):
+        await state.proxy.aclose()
+        state.metrics.unwatch()
 
 
 class BastionServer:
@@ -138,6 +214,8 @@ class BastionServer:
             elif message["type"] == "lifespan.shutdown":
                 if self.app is not None:
                     await flush_refusals(self.app)  # the last second's refusal counts
+                    await COUNTERS.flush()  # and the flood protection's
+                    await close_app(self.app)
                 if self.provider is not None:
                     await self.provider.close()
                 await send({"type": "lifespan.shutdown.complete"})

@@ -21,6 +21,8 @@ from pydantic_settings import (
 )
 
 from bastion.edge.ratelimit import Rule
+from bastion.edge.routes import RouteConfig, check_routes
+from bastion.edge.waf.settings import ExclusionConfig as WafExclusion
 
 SigningAlg = Literal["ES256", "RS256", "EdDSA"]
 DATA_DIR_NAME = "bastion-data"
@@ -90,6 +92,85 @@ class Settings(BaseSettings):
         "fail_open", description="When Redis cannot be reached: fail_open limits each "
         "instance on its own until Redis is back (retried every few seconds); fail_closed "
         "answers 503 on limited routes meanwhile.")
+
+    # --- flood protection and client IP (docs/edge.md) ---------------------------------
+    trusted_proxies: tuple[str, ...] = Field((), description="Addresses or CIDR blocks of "
+                                             "the reverse proxies in front of Bastion. Only "
+                                             "from them is trusted_proxy_header read: the "
+                                             "client IP is its right-most address that is "
+                                             "not a trusted proxy. Empty: the peer address.")
+    trusted_proxy_header: Literal["x-forwarded-for", "forwarded"] = Field(
+        "x-forwarded-for", description="The one header the trusted proxies append to: "
+        "X-Forwarded-For or Forwarded (RFC 7239). The other is ignored.")
+    header_timeout: float = Field(10.0, gt=0, le=3600, description="Seconds a client has "
+                                  "to send a request line and headers (from the connection "
+                                  "or the first byte of a further request); 408 and close.")
+    body_timeout: float = Field(20.0, gt=0, le=3600, description="Longest pause while a "
+                                "body is received, and the grace period before "
+                                "body_min_rate applies; also how long a response may go "
+                                "unread. 408 and close.")
+    body_min_rate: int = Field(500, ge=1, description="Least average body upload rate, "
+                               "bytes per second, after body_timeout (slow-body attacks).")
+    keepalive_timeout: float = Field(5.0, gt=0, le=3600, description="Seconds an idle "
+                                     "kept-alive connection waits for its next request.")
+    max_header_count: int = Field(100, ge=1, description="Most header fields in a request "
+                                  "(431 beyond).")
+    max_header_bytes: int = Field(16 * 1024, ge=1024, description="Largest header section, "
+                                  "bytes (431 beyond).")
+    max_url_bytes: int = Field(8 * 1024, ge=256, description="Longest request target, bytes "
+                               "(414 beyond).")
+    max_request_body_bytes: int = Field(1024 ** 3, ge=1024, description="Largest request "
+                                        "body the server reads at all (413 before reading "
+                                        "when Content-Length declares more, close when a "
+                                        "chunked body passes it): a backstop for proxied "
+                                        "uploads; Bastion's own endpoints apply "
+                                        "max_body_bytes, proxied routes their own limit.")
+    max_connections_per_ip: int = Field(100, ge=1, description="Concurrent connections per "
+                                        "client address (peer; trusted proxies exempt); "
+                                        "beyond, 503 and close. Per server process.")
+    max_connections: int = Field(4096, ge=1, description="Concurrent connections in total "
+                                 "per server process; beyond, 503 and close.")
+    max_in_flight: int = Field(256, ge=1, description="Requests served at once per process; "
+                               "further ones wait in the queue.")
+    queue_size: int = Field(256, ge=0, description="Requests that may wait for a slot; "
+                            "beyond, 503 with Retry-After at once.")
+    queue_timeout: float = Field(1.0, ge=0, le=60, description="Seconds a queued request "
+                                 "waits for a slot before 503 with Retry-After.")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from bastion.edge.clientip import parse_networks
+
+        parse_networks(v)  # ValueError names the bad entry
+        return v
+
+    # --- WAF (edge/waf; docs/waf.md) ---------------------------------------------------
+    waf_mode: Literal["block", "detect", "off"] = Field(
+        "block", description="block: refuse (403) requests whose anomaly score reaches "
+        "waf_inbound_threshold and requests that cannot be inspected (4xx); detect: audit "
+        "and log them (WafMatch) but let them pass; off: no inspection.")
+    waf_paranoia: int = Field(1, ge=1, le=4, description="Paranoia level 1-4: higher "
+                              "levels add stricter rules (more detection, more false "
+                              "positives).")
+    waf_inbound_threshold: int = Field(5, ge=1, description="Anomaly score at which a "
+                                       "request is refused (critical 5, error 4, warning "
+                                       "3, notice 2 per matched rule).")
+    waf_body_limit: int = Field(128 * 1024, ge=1024, le=64 * 1024 ** 2, description="Largest "
+                                "request body inspected, bytes (after decompression); a "
+                                "larger body is refused with 413 unless its path is in "
+                                "waf_body_unlimited_paths.")
+    waf_body_unlimited_paths: tuple[str, ...] = Field(
+        (), description="Paths (and the paths below them) whose bodies past waf_body_limit "
+        "stream through uninspected (the request line and headers still are).")
+    waf_exclusions: tuple[WafExclusion, ...] = Field(
+        (), description="Rules not applied on some paths, a JSON list in the environment "
+        "or an array of tables in TOML: paths, rule_ids and/or families, targets "
+        "(ARGS:name, JSON:a.b, JSON:policy.*; empty: the whole request). Proxied routes' "
+        "waf_exclusions add to these.")
+    waf_fail_open: bool = Field(False, description="Pass requests when the WAF engine "
+                                "fails (default: refuse with 503); logged and audited "
+                                "either way.")
 
     # --- tokens ------------------------------------------------------------------------
     signing_alg: SigningAlg = Field("ES256", description="Algorithm of new signing keys.")
@@ -162,6 +243,67 @@ class Settings(BaseSettings):
                                   "expired codes, tokens and sessions.")
     admin_password: SecretStr | None = Field(None, description="Initial admin password; "
                                              "generated and printed once when unset.")
+
+    # --- KMS: key hierarchy (kms/root.py) ------------------------------------------------
+    root_keeper: Literal["file", "pkcs11"] = Field(
+        "file", description="Where the KMS root key lives: file (data_dir/kek.key, or a "
+        "passphrase-sealed data_dir/kms-root.sealed when root_passphrase is set) or pkcs11 "
+        "(an AES-256 key generated inside an HSM token, never extractable).")
+    root_passphrase: SecretStr | None = Field(None, description="file keeper: seal the root "
+                                              "key with this passphrase (scrypt).")
+    pkcs11_module: Path = Field(Path("/usr/lib/softhsm/libsofthsm2.so"), description="pkcs11 "
+                                "keeper: the PKCS#11 module (shared library) of the HSM.")
+    pkcs11_token_label: str = Field("bastion", min_length=1, max_length=32,
+                                    description="pkcs11 keeper: label of the token.")
+    pkcs11_pin: SecretStr | None = Field(None, description="pkcs11 keeper: the user PIN.")
+    pkcs11_pin_file: Path | None = Field(None, description="pkcs11 keeper: a file holding "
+                                         "the user PIN (instead of pkcs11_pin).")
+    pkcs11_key_label: str = Field("bastion-kms-root", min_length=1, max_length=64,
+                                  description="pkcs11 keeper: label of the root key object "
+                                  "(generated in the token on first use).")
+    kms_region: str = Field("", pattern=r"^[a-z0-9-]{0,32}$", description="Region component "
+                            "of KMS ARNs (empty, like Bastion's other ARNs; set e.g. "
+                            "us-east-1 for SDKs that parse key ARNs).")
+    kms_cache_ttl: float = Field(1.0, ge=0, le=60, description="Seconds key metadata is "
+                                 "cached per instance (changes made by this process apply "
+                                 "at once; others' within this time).")
+    kms_material_cache_size: int = Field(10_000, ge=1, description="Most unwrapped key "
+                                         "versions kept in memory (the HSM stays off the hot "
+                                         "path).")
+    kms_material_cache_ttl: float = Field(300.0, gt=0, le=86400, description="Seconds an "
+                                          "unwrapped key version stays in memory.")
+
+    # --- AWS wire API: access keys and SigV4 (edge/sigv4.py, kms/api.py; docs/kms-api.md) --
+    sigv4_max_skew: float = Field(300.0, ge=1, le=3600, description="Seconds a SigV4 "
+                                  "request's X-Amz-Date may differ from the server's clock "
+                                  "(AWS's JSON services: 5 minutes); signatures are "
+                                  "remembered this long for replay protection.")
+    sigv4_replay_protection: bool = Field(True, description="Accept each SigV4 signature "
+                                          "once (two identical requests signed in the same "
+                                          "second are one replayed).")
+    access_key_cache_ttl: float = Field(2.0, ge=0, le=60, description="Seconds an access "
+                                        "key (and its owner's roles) is cached per instance: "
+                                        "a deactivation made elsewhere applies within this "
+                                        "time.")
+    kms_api_max_body: int = Field(131_072, ge=4096, le=16_777_216, description="Largest "
+                                  "request body the AWS KMS wire API reads, in bytes.")
+
+    # --- reverse proxy and metrics (edge/proxy.py, edge/metrics.py; docs/edge.md) --------
+    routes: tuple[RouteConfig, ...] = Field(
+        (), description="Proxied routes, an array of tables in TOML: name, path_prefix "
+        "and/or host, upstream (http(s) URL), strip_prefix, auth (required|none), action "
+        "(the IAM action, service:Action), resource (ARN template with {account}, {route}, "
+        "{path}, {method}), scope, timeout, connect_timeout, max_body_bytes, rate_limits "
+        "(name, rate, period, burst, methods, key), waf_exclusions. Bastion's own "
+        "endpoints take precedence over a route claiming the same path.")
+    metrics: bool = Field(True, description="Serve GET /metrics (Prometheus text format), "
+                          "to bearer tokens with the bastion:admin scope that IAM allows "
+                          "bastion:GetMetrics.")
+
+    @field_validator("routes")
+    @classmethod
+    def _routes(cls, v: tuple[RouteConfig, ...]) -> tuple[RouteConfig, ...]:
+        return check_routes(v)
 
     @model_validator(mode="after")
     def _sinks(self) -> Settings:

@@ -530,6 +530,12 @@ def test_challenge_is_not_a_block() -> None:
     assert (event["disposition_id"], event["disposition"]) == (99, "Challenge")
 
 
+def test_waf_detect_mode_match_is_allowed_and_detected() -> None:
+    event = to_ocsf(build_record("WafMatch", request_parameters={"method": "GET"}))
+    assert (event["action_id"], event["disposition_id"]) == (1, 15)
+    assert event["disposition"] == "Detected"
+
+
 @pytest.mark.parametrize("record", [
     {}, {"eventName": 5}, {"eventName": "NoSuchEvent", "eventTime": "yesterday"},
     {"eventName": "Login", "userIdentity": "x", "requestParameters": [1],

@@ -131,6 +131,9 @@ _add("iam", "iam", 3004, ("CreateGroup", 1), ("UpdateGroup", 3), ("DeleteGroup",
 _add("iam", "iam", 3004, ("GetUser", 2), ("ListUsers", 2), ("GetRole", 2), ("ListRoles", 2),
      ("GetPolicy", 2), ("ListPolicies", 2), read_only=True)
 _add("iam", "iam", 3006, ("AddUserToGroup", 3), ("RemoveUserFromGroup", 4))
+# access keys (identity/access_keys.py): CloudTrail's names; UpdateAccessKey (de)activates
+_add("iam", "iam", 3001, ("CreateAccessKey", 1), ("UpdateAccessKey", OTHER),
+     ("DeleteAccessKey", 6))
 for _kind in ("User", "Role", "Client"):  # principals: OCSF Account Change
     _add("iam", "iam", 3001, (f"Attach{_kind}Policy", 7), (f"Detach{_kind}Policy", 8),
          (f"Put{_kind}Policy", 7), (f"Delete{_kind}Policy", 8),
@@ -145,8 +148,14 @@ _add("iam", "iam", 3004, ("TagGroup", 3))
 _add("edge", "edge", 6004, ("AccessDenied", 2), event_type="ServiceEvent", severity_id=2)
 _add("edge", "edge", 3002, ("Authenticate", 1), event_type="ServiceEvent", severity_id=2)
 _add("edge", "edge", 4002, ("WafBlock", OTHER), event_type="ServiceEvent", severity_id=3)
+# a request the WAF would refuse, passed in detect mode (edge/waf/middleware.py)
+_add("edge", "edge", 4002, ("WafMatch", OTHER), event_type="ServiceEvent", severity_id=2)
 _add("edge", "edge", 4002, ("RateLimitExceeded", OTHER), ("UnderAttackChallenge", OTHER),
      event_type="ServiceEvent", severity_id=2)
+# a request the reverse proxy forwarded after IAM allowed it (edge/proxy.py)
+_add("edge", "edge", 6004, ("ProxyRequest", 1))
+_add("edge", "edge", 4002, ("LoadShed", OTHER), ("ConnectionRefused", OTHER),
+     event_type="ServiceEvent", severity_id=2)  # flood protection (edge/counters.py)
 
 # KMS: key management changes keys; cryptographic operations read them (CloudTrail marks
 # Encrypt/Decrypt/GenerateDataKey read-only too).
@@ -158,6 +167,18 @@ _add("kms", "kms", 6003, ("DescribeKey", 2), ("ListKeys", 2), ("GetPublicKey", 2
      ("GenerateDataKey", 1), ("GenerateDataKeyWithoutPlaintext", 1), ("Encrypt", OTHER),
      ("Decrypt", OTHER), ("ReEncrypt", OTHER), ("Sign", OTHER), ("Verify", OTHER),
      read_only=True)
+_add("kms", "kms", 6003, ("UpdateKeyDescription", 3), ("PutKeyPolicy", 3), ("UpdateAlias", 3),
+     ("TagResource", 3), ("UntagResource", 3), ("EnableKeyRotation", 3),
+     ("DisableKeyRotation", 3))
+_add("kms", "kms", 6003, ("GetKeyPolicy", 2), ("ListKeyPolicies", 2), ("ListAliases", 2),
+     ("ListResourceTags", 2), ("GetKeyRotationStatus", 2), ("ListKeyRotations", 2),
+     ("GenerateDataKeyPair", 1), ("GenerateDataKeyPairWithoutPlaintext", 1),
+     ("GenerateRandom", OTHER), ("GenerateMac", OTHER), ("VerifyMac", OTHER), read_only=True)
+_add("kms", "kms", 6003, ("CreateGrant", 1), ("RetireGrant", 4), ("RevokeGrant", 4))
+_add("kms", "kms", 6003, ("ListGrants", 2), ("ListRetirableGrants", 2), read_only=True)
+# what KMS housekeeping does on its own (a deletion completing, an automatic rotation)
+_add("kms", "kms", 6003, ("DeleteKey", 4), severity_id=2, event_type="ServiceEvent")
+_add("kms", "kms", 6003, ("RotateKey", 3), event_type="ServiceEvent")
 
 # PKI.
 _add("pki", "pki", 6003, ("CreateCertificateAuthority", 1), ("IssueCertificate", 1),

@@ -246,10 +246,13 @@ def _class_specific(event: dict[str, Any], class_uid: int, name: str,
         if _text(params.get("policyArn")) or _text(params.get("policyName")):
             event["privileges"] = [params.get("policyArn") or params.get("policyName")]
     elif class_uid == 4002:  # HTTP Activity at the edge: what the control did
-        blocked = name != "UnderAttackChallenge"
-        event["action_id"], event["action"] = 2, "Denied"
-        event["disposition_id"], event["disposition"] = (2, "Blocked") if blocked \
-            else (99, "Challenge")
+        if name == "WafMatch":  # detect mode: seen and let through
+            event["action_id"], event["action"] = 1, "Allowed"
+            event["disposition_id"], event["disposition"] = 15, "Detected"
+        else:
+            event["action_id"], event["action"] = 2, "Denied"
+            event["disposition_id"], event["disposition"] = (99, "Challenge") \
+                if name == "UnderAttackChallenge" else (2, "Blocked")
         event.setdefault("http_request", {})
     elif class_uid == 6004:  # Web Resource Access Activity: http_request, web_resources
         event.setdefault("http_request", {})

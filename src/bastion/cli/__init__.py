@@ -11,8 +11,10 @@ from bastion.cli.clients import clients_app
 from bastion.cli.groups import groups_app
 from bastion.cli.iam import iam_app
 from bastion.cli.keys import keys_app
+from bastion.cli.kms import kms_app
 from bastion.cli.serve import serve
 from bastion.cli.users import users_app
+from bastion.cli.waf import waf_app
 
 # plain help (click's): typer's rich panels print every flag with a "<bool>" value
 app = typer.Typer(help="Bastion: self-hosted identity provider and API security layers.",
@@ -24,6 +26,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(groups_app, name="groups")
 app.add_typer(iam_app, name="iam")
 app.add_typer(audit_app, name="audit")
+app.add_typer(kms_app, name="kms")
+app.add_typer(waf_app, name="waf")
 
 
 def main() -> None:

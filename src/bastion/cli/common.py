@@ -49,6 +49,7 @@ def _run(settings: Settings, job: Callable[[Any], Awaitable[T]], *,
     """Open the provider (migrating if needed), run ``job(provider)``, close. Only commands
     that write pass ``create=True``: the others refuse a data dir without state instead of
     creating an empty one."""
+    from bastion.kms.root import RootUnavailable
     from bastion.runtime import NoState, open_provider
 
     async def go() -> T:
@@ -65,7 +66,7 @@ def _run(settings: Settings, job: Callable[[Any], Awaitable[T]], *,
                   "created): pass --data-dir or set BASTION_DATA_DIR to the directory "
                   "`bastion serve` uses, or run this from the directory it runs in")
         raise typer.Exit(2) from None
-    except IdentityError as exc:
+    except (IdentityError, RootUnavailable) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     except AuditUnavailable:

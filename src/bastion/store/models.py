@@ -311,3 +311,98 @@ class AuditArchive(Base):
     checkpoints: Mapped[str | None] = mapped_column(Text)  # JSON [[tree_size, cp hash hex]]
     key_id: Mapped[str | None] = mapped_column(String(128))  # the notary key that signed
     signature: Mapped[bytes | None] = mapped_column(LargeBinary)  # Ed25519 over the statement
+
+
+# --- KMS ------------------------------------------------------------------------------------
+class KmsKey(Base):
+    """A KMS key (``kms/service.py``). ``state``: Enabled | Disabled | PendingDeletion.
+    Its material lives in ``kms_key_versions``, wrapped by the root keeper."""
+
+    __tablename__ = "kms_keys"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # a UUID
+    spec: Mapped[str] = mapped_column(String(32))
+    usage: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(24))
+    description: Mapped[str] = mapped_column(Text, default="")
+    policy: Mapped[str] = mapped_column(Text)  # the key policy (IAM grammar), JSON text
+    created_at: Mapped[int] = mapped_column(BigInteger)  # Unix milliseconds
+    deletion_at: Mapped[int | None] = mapped_column(BigInteger)  # Unix ms, when pending
+    pending_days: Mapped[int | None] = mapped_column(Integer)
+    rotation_period: Mapped[int | None] = mapped_column(Integer)  # days; None: rotation off
+    next_rotation_at: Mapped[int | None] = mapped_column(BigInteger)  # Unix ms
+    current_version: Mapped[int] = mapped_column(Integer)
+
+
+class KmsKeyVersion(Base):
+    """One version of a key's material: new encryptions use the newest, every version keeps
+    decrypting until the key is deleted. ``material`` is wrapped by ``keeper``."""
+
+    __tablename__ = "kms_key_versions"
+    key_id: Mapped[str] = mapped_column(ForeignKey("kms_keys.id", ondelete="CASCADE"),
+                                        primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    keeper: Mapped[str] = mapped_column(String(16))  # file | pkcs11
+    material: Mapped[bytes] = mapped_column(LargeBinary)
+    public_key: Mapped[bytes | None] = mapped_column(LargeBinary)  # DER SPKI (asymmetric)
+    rotation_type: Mapped[str | None] = mapped_column(String(16))  # AUTOMATIC | ON_DEMAND
+    created_at: Mapped[int] = mapped_column(BigInteger)  # Unix ms
+
+
+class KmsAlias(Base):
+    __tablename__ = "kms_aliases"
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)  # alias/...
+    key_id: Mapped[str] = mapped_column(ForeignKey("kms_keys.id", ondelete="CASCADE"),
+                                        index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class KmsTag(Base):
+    __tablename__ = "kms_tags"
+    key_id: Mapped[str] = mapped_column(ForeignKey("kms_keys.id", ondelete="CASCADE"),
+                                        primary_key=True)
+    tag_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tag_value: Mapped[str] = mapped_column(String(256))
+
+
+# --- access keys (SigV4) --------------------------------------------------------------------
+class AccessKey(Base):
+    """An IAM access key pair. ``owner_kind`` is user | client | role; ``owner_id`` the user
+    id, client id or role name. The secret is wrapped by the KEK (SigV4 needs it for the
+    HMAC); temporary keys (ASIA, role sessions) carry ``expires_at`` and the SHA-256 of their
+    session token, with the session's details in ``session``."""
+
+    __tablename__ = "access_keys"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # the AccessKeyId
+    owner_kind: Mapped[str] = mapped_column(String(16))
+    owner_id: Mapped[str] = mapped_column(String(128))
+    secret: Mapped[bytes] = mapped_column(LargeBinary)  # wrapped by the KEK
+    status: Mapped[str] = mapped_column(String(16))  # Active | Inactive
+    created_at: Mapped[int] = mapped_column(Integer)
+    last_used_at: Mapped[int | None] = mapped_column(Integer)
+    last_used_service: Mapped[str | None] = mapped_column(String(64))
+    last_used_region: Mapped[str | None] = mapped_column(String(64))
+    expires_at: Mapped[int | None] = mapped_column(Integer, index=True)
+    session_token_hash: Mapped[str | None] = mapped_column(String(64))  # hex SHA-256
+    session: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+Index("ix_access_keys_owner", AccessKey.owner_kind, AccessKey.owner_id)
+
+
+class KmsGrant(Base):
+    """A grant (AWS KMS "Grants in AWS KMS"): lets ``grantee`` run ``operations`` (a JSON
+    list) on the key, optionally only with an encryption context that equals or contains
+    ``constraints`` (JSON ``{"EncryptionContextEquals"|"EncryptionContextSubset": {...}}``)."""
+
+    __tablename__ = "kms_grants"
+    grant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(ForeignKey("kms_keys.id", ondelete="CASCADE"),
+                                        index=True)
+    name: Mapped[str | None] = mapped_column(String(256))
+    grantee: Mapped[str] = mapped_column(String(256))
+    retiring: Mapped[str | None] = mapped_column(String(256))
+    operations: Mapped[str] = mapped_column(Text)
+    constraints: Mapped[str | None] = mapped_column(Text)
+    issuer: Mapped[str] = mapped_column(String(256))  # the principal that created it
+    created_at: Mapped[int] = mapped_column(BigInteger)
