@@ -66,7 +66,10 @@ def _run(settings: Settings, job: Callable[[Any], Awaitable[T]], *,
                   "created): pass --data-dir or set BASTION_DATA_DIR to the directory "
                   "`bastion serve` uses, or run this from the directory it runs in")
         raise typer.Exit(2) from None
-    except (IdentityError, RootUnavailable) as exc:
+    except RootUnavailable as exc:
+        err.print(f"[red]error:[/red] the KMS root key is unavailable: {exc}")
+        raise typer.Exit(1) from None
+    except IdentityError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     except AuditUnavailable:

@@ -142,7 +142,10 @@ class TrustedProxies:
         raw = b",".join(lines)
         cut = len(raw) > MAX_HEADER_CHARS
         text = raw[-MAX_HEADER_CHARS:].decode("latin-1")
-        elements = _split_top(text, ",")
+        # plain commas, never quote-aware across elements: the left part is the client's,
+        # and an open quote there must not swallow the hops the proxies appended (no valid
+        # address holds a comma, so a quoted comma only makes its own element unusable)
+        elements = text.split(",")
         if cut:
             elements = elements[1:]  # the left-most piece may be a fragment of a hop
         elements = elements[-MAX_HOPS:]

@@ -116,6 +116,37 @@ def end_to_end(headers: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes]
             and not n.startswith(b"proxy-")]
 
 
+# Cookies named bastion_* or bastion-* (and their __Host-/__Secure- forms) are the edge's own: the
+# session, the browser binding, the challenge pass. They never reach an upstream, and an
+# upstream cannot set them (that would be session fixation on the edge's origin).
+def _edge_cookie(name: bytes) -> bool:
+    name = name.strip().lower()
+    for prefix in (b"__host-", b"__secure-"):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+    return name.startswith((b"bastion_", b"bastion-"))
+
+
+def without_edge_cookies(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Request headers with the edge's cookies taken out of every ``Cookie`` line (a line
+    left empty goes)."""
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        if name == b"cookie":
+            kept = [pair for pair in value.split(b";")
+                    if pair.strip() and not _edge_cookie(pair.partition(b"=")[0])]
+            if not kept:
+                continue
+            value = b";".join(kept).strip()
+        out.append((name, value))
+    return out
+
+
+def sets_edge_cookie(name: bytes, value: bytes) -> bool:
+    """Whether a response header sets one of the edge's cookies."""
+    return name == b"set-cookie" and _edge_cookie(value.partition(b"=")[0])
+
+
 def _quoted(value: str) -> str:
     """An RFC 7239 value: a quoted-string (always valid, whatever the value)."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -326,7 +357,7 @@ class Forward:
     def _headers(self, scope: Scope) -> tuple[list[tuple[bytes, bytes]], int | None, str]:
         raw: list[tuple[bytes, bytes]] = scope["headers"]
         drop = REBUILT | {b"authorization"} if self.config.auth == "required" else REBUILT
-        headers = end_to_end(raw, drop)
+        headers = without_edge_cookies(end_to_end(raw, drop))
         has_body = "no"
         declared: int | None = None
         host: bytes | None = None
@@ -421,6 +452,10 @@ class Forward:
         """Stream the response; stop reading the upstream as soon as the client is gone
         (the request body is consumed by now: the next message is the disconnect)."""
         headers = end_to_end(response.headers.raw, frozenset({b"x-request-id"}))
+        if any(sets_edge_cookie(n, v) for n, v in headers):
+            log.warning("proxy %s: the upstream tried to set an edge cookie; dropped",
+                        self.config.name)
+            headers = [(n, v) for n, v in headers if not sets_edge_cookie(n, v)]
         if response.headers.get("content-length") is None:
             headers = [(n, v) for n, v in headers if n != b"content-length"]
         await send({"type": "http.response.start", "status": response.status_code,

@@ -75,6 +75,10 @@ class SigV4Error(Exception):
         self.access_key_id = access_key_id
 
 
+# present in a request, these must be among its SignedHeaders
+MUST_SIGN = frozenset({b"x-amz-target", b"content-type"})
+
+
 class MissingAuthenticationToken(SigV4Error):
     """No ``Authorization`` header (AWS: "Missing Authentication Token")."""
 
@@ -341,8 +345,11 @@ class SigV4Verifier:
                      headers: Sequence[tuple[bytes, bytes]], body: bytes) -> Verified:
         """The verified key and scope, or a ``SigV4Error``."""
         authz = date_value = token = content_sha = None
+        must_sign: set[str] = set()
         for name, value in headers:
             lname = name.lower()
+            if lname in MUST_SIGN:
+                must_sign.add(lname.decode())
             if lname == b"authorization":
                 if authz is not None:
                     raise IncompleteSignature("The request has two Authorization headers.")
@@ -372,6 +379,11 @@ class SigV4Verifier:
             raise IncompleteSignature("'X-Amz-Date' must be a signed header.", kid)
         if token is not None and "x-amz-security-token" not in auth.signed_headers:
             raise IncompleteSignature("'X-Amz-Security-Token' must be a signed header.", kid)
+        unsigned = sorted(must_sign - set(auth.signed_headers))
+        if unsigned:
+            # the operation and how the body is read: swapping either on a captured request
+            # must break the signature (SDKs and the AWS CLI sign both)
+            raise IncompleteSignature(f"'{unsigned[0]}' must be a signed header.", kid)
         amz_date = date_value.decode("latin-1").strip()
         try:
             signed_at = parse_amz_date(amz_date)

@@ -10,8 +10,9 @@ token whose SHA-256 only is stored, and an expiry) are issued by ``create_sessio
 
 The secret is shown once, at creation, and stored only wrapped by the key-encryption key: the
 SigV4 verifier needs it in clear (the signature is an HMAC keyed by it), so a hash would not
-do. The wrapping's purpose names the key id, so a wrapped secret moved to another row does
-not open. It is never logged and never part of an error.
+do. The wrapping's purpose binds the key id, its owner, expiry, session token hash and
+session policy, so a wrapped secret moved to another row, or a row edited to another owner
+or a longer life, does not open. It is never logged and never part of an error.
 
 ``AccessKeys`` is what the verifier reads: records cached per instance for ``cache_ttl``
 seconds (a deactivation made elsewhere applies within that time; one made by this process
@@ -23,6 +24,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import re
 import secrets
 import time
@@ -48,6 +50,7 @@ MIN_SESSION = 900  # seconds: STS's shortest session
 TOUCH_EVERY = 300  # seconds between two writes of a key's "last used" (AWS: ~4 hours)
 CACHED_KEYS = 10_000
 CACHED_UNKNOWN = 10_000
+log = logging.getLogger("bastion.identity.access_keys")
 KEY_SQL = ("SELECT id, owner_kind, owner_id, secret, status, expires_at, session_token_hash, "
            "session, last_used_at FROM access_keys WHERE id = :id")
 TOUCH_SQL = ("UPDATE access_keys SET last_used_at = :now, last_used_service = :service, "
@@ -65,8 +68,15 @@ def new_secret_access_key() -> str:
     return base64.b64encode(secrets.token_bytes(30)).decode()
 
 
-def _purpose(key_id: str) -> str:
-    return f"access-key:{key_id}"
+def _purpose(key_id: str, owner_kind: str, owner_id: str, expires_at: int | None = None,
+             session_token_hash: str | None = None,
+             session: dict[str, Any] | None = None) -> str:
+    """The wrapping's associated data: everything that decides what the key may do. A row
+    edited by someone holding only the database (another owner, a later expiry, no session
+    policy, another session token) no longer unwraps, and the key fails closed."""
+    bound = json.dumps([key_id, owner_kind, owner_id, expires_at, session_token_hash,
+                        session], sort_keys=True, separators=(",", ":"))
+    return "access-key:v2:" + hashlib.sha256(bound.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +153,8 @@ async def create_access_key(db: AsyncSession, wrapper: KeyWrapper, *, user: str 
     key_id, secret = new_access_key_id(), new_secret_access_key()
     now = int(time.time())
     db.add(AccessKey(id=key_id, owner_kind=kind, owner_id=owner_id,
-                     secret=wrapper.wrap(secret.encode(), _purpose(key_id)), status=ACTIVE,
+                     secret=wrapper.wrap(secret.encode(), _purpose(key_id, kind, owner_id)),
+                     status=ACTIVE,
                      created_at=now))
     await db.flush()
     return CreatedKey(key_id, secret, kind, owner_id, name, now)
@@ -175,10 +186,12 @@ async def create_session_key(db: AsyncSession, wrapper: KeyWrapper, role: str,
     await db.execute(delete(AccessKey).where(AccessKey.expires_at < now))
     key_id, secret = new_access_key_id(temporary=True), new_secret_access_key()
     token = base64.b64encode(secrets.token_bytes(48)).decode()
+    token_hash = hashlib.sha256(token.encode()).hexdigest()
+    purpose = _purpose(key_id, "role", role, now + duration, token_hash, session)
     db.add(AccessKey(id=key_id, owner_kind="role", owner_id=role,
-                     secret=wrapper.wrap(secret.encode(), _purpose(key_id)), status=ACTIVE,
+                     secret=wrapper.wrap(secret.encode(), purpose), status=ACTIVE,
                      created_at=now, expires_at=now + duration, session=session,
-                     session_token_hash=hashlib.sha256(token.encode()).hexdigest()))
+                     session_token_hash=token_hash))
     await db.flush()
     return CreatedKey(key_id, secret, "role", role, role, now, token, now + duration)
 
@@ -286,13 +299,16 @@ class AccessKeys:
         row = await self._store.one(KEY_SQL, id=key_id)
         if row is None:
             return None
-        try:
-            secret = self._wrapper.unwrap(bytes(row["secret"]), _purpose(key_id))
-        except UnwrapError:
-            return None
         session = row["session"]
         if isinstance(session, str | bytes):
             session = json.loads(session)
+        purpose = _purpose(key_id, row["owner_kind"], row["owner_id"], row["expires_at"],
+                           row["session_token_hash"], session)
+        try:
+            secret = self._wrapper.unwrap(bytes(row["secret"]), purpose)
+        except UnwrapError:
+            log.warning("access key %s does not unwrap: its row was altered", key_id)
+            return None
         return AccessKeyRecord(
             id=row["id"], owner_kind=row["owner_kind"], owner_id=row["owner_id"],
             secret=secret, active=row["status"] == ACTIVE, expires_at=row["expires_at"],
