@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from bastion.admin import iam_api
 from bastion.config import Settings
 from bastion.edge.authz import Guard, authenticate
+from bastion.edge.challenge import Challenge, derive_key, flush_challenges
 from bastion.edge.clientip import TrustedProxies
 from bastion.edge.counters import COUNTERS
 from bastion.edge.metrics import Metrics, MetricsMiddleware, metrics_endpoint
@@ -103,6 +104,24 @@ def load_shedding(provider: Provider) -> Middleware:
                       queue_timeout=s.queue_timeout, audit=provider.audit)
 
 
+def under_attack(provider: Provider) -> list[Middleware]:
+    """The proof-of-work challenge for browsers (``under_attack``, docs/edge.md); its key
+    is derived from the KEK, so every instance accepts every other's cookie."""
+    s = provider.settings
+    if s.under_attack == "off":
+        return []
+    return [Middleware(Challenge, key=derive_key(provider.wrapper.keyed_hash),
+                       mode=s.under_attack, difficulty=s.under_attack_difficulty,
+                       cookie_ttl=s.under_attack_cookie_ttl,
+                       challenge_ttl=s.under_attack_challenge_ttl,
+                       trigger_rate=s.under_attack_trigger_rate,
+                       trigger_seconds=s.under_attack_trigger_seconds,
+                       calm_seconds=s.under_attack_calm_seconds,
+                       exempt=s.under_attack_exempt_paths,
+                       secure=provider.issuer_url.startswith("https://") or None,
+                       audit=provider.audit)]
+
+
 METRICS_ARN = "arn:bastion:bastion::{account}:metrics"  # the resource of bastion:GetMetrics
 
 
@@ -160,6 +179,7 @@ def build_app(provider: Provider, *, demo: bool = False) -> Starlette:
     app = Starlette(routes=routes,
                     middleware=[Middleware(MetricsMiddleware, metrics=metrics),
                                 edge_context(provider), load_shedding(provider),
+                                *under_attack(provider),
                                 *rate_limits(provider, metrics),
                                 *web_firewall(provider, metrics)])
     app.state.metrics, app.state.proxy = metrics, proxy
@@ -214,6 +234,7 @@ class BastionServer:
             elif message["type"] == "lifespan.shutdown":
                 if self.app is not None:
                     await flush_refusals(self.app)  # the last second's refusal counts
+                    await flush_challenges(self.app)
                     await COUNTERS.flush()  # and the flood protection's
                     await close_app(self.app)
                 if self.provider is not None:

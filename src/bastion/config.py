@@ -145,6 +145,33 @@ class Settings(BaseSettings):
         parse_networks(v)  # ValueError names the bad entry
         return v
 
+    # --- under attack mode (edge/challenge.py; docs/edge.md) ----------------------------
+    under_attack: Literal["off", "on", "auto"] = Field(
+        "auto", description="Proof-of-work challenge for browsers before anything behind "
+        "the edge: on, off, or auto (on after sustained overload, off after a calm period). "
+        "Requests with credentials and under_attack_exempt_paths pass unchallenged.")
+    under_attack_difficulty: int = Field(16, ge=1, le=32, description="Leading zero bits "
+                                         "the SHA-256 of challenge and nonce must have "
+                                         "(16: about 65,000 hashes, a second or so).")
+    under_attack_cookie_ttl: int = Field(3600, ge=60, le=7 * 86400, description="Seconds a "
+                                         "solved challenge's cookie is valid (bound to the "
+                                         "client IP).")
+    under_attack_challenge_ttl: int = Field(300, ge=10, le=3600, description="Seconds a "
+                                            "browser has to solve a challenge.")
+    under_attack_trigger_rate: float = Field(50.0, gt=0, description="auto: overload "
+                                             "refusals per second (load shedding, connection "
+                                             "caps) that count as an attack.")
+    under_attack_trigger_seconds: float = Field(10.0, gt=0, le=3600, description="auto: "
+                                                "seconds the trigger rate must last before "
+                                                "the mode turns on.")
+    under_attack_calm_seconds: float = Field(300.0, gt=0, le=86400, description="auto: "
+                                             "seconds below the trigger rate before the "
+                                             "mode turns off.")
+    under_attack_exempt_paths: tuple[str, ...] = Field(
+        ("/healthz", "/token", "/revoke", "/introspect", "/jwks.json", "/.well-known"),
+        description="Paths (and the paths below them) never challenged: machine endpoints "
+        "whose client authentication is in the body. Still rate limited.")
+
     # --- WAF (edge/waf; docs/waf.md) ---------------------------------------------------
     waf_mode: Literal["block", "detect", "off"] = Field(
         "block", description="block: refuse (403) requests whose anomaly score reaches "

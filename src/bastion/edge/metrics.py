@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # "server": refusals before a request exists (edge/server.py, through EdgeCounters)
 LAYERS = frozenset({"shed", "conn_cap", "server", "rate_limit", "waf", "authn", "iam",
-                    "proxy"})
+                    "proxy", "challenge"})
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 GRANTS = frozenset({"authorization_code", "client_credentials", "refresh_token",
                     "urn:ietf:params:oauth:grant-type:jwt-bearer",
