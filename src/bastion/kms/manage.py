@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from bastion.kms import crypto
@@ -14,10 +15,12 @@ from bastion.kms import fields as f
 from bastion.kms import store as db
 from bastion.kms.core import ALIAS_NAME_RE, Call, now_ms
 from bastion.kms.errors import (
+    AccessDeniedException,
     AlreadyExistsException,
     InvalidAliasNameException,
     InvalidMarkerException,
     KMSInvalidStateException,
+    MalformedPolicyDocumentException,
     NotFoundException,
     TagException,
     UnsupportedOperationException,
@@ -110,6 +113,20 @@ def _page(items: list[Any], limit: int, last: Any) -> dict[str, Any]:
 
 
 # --- keys -----------------------------------------------------------------------------------
+async def _lockout_check(call: Call, rec: db.KeyRecord, bypass: bool | None) -> None:
+    """AWS's policy lockout safety check: the caller must still be allowed
+    ``kms:PutKeyPolicy`` under the policy being set, unless it says
+    ``BypassPolicyLockoutSafetyCheck`` (and a key nobody can manage is then its choice)."""
+    if bypass:
+        return
+    try:
+        await call.core.authorize(call, "PutKeyPolicy", rec)
+    except AccessDeniedException:
+        raise MalformedPolicyDocumentException(
+            "The new key policy will not allow you to update the key policy in the future"
+        ) from None
+
+
 async def create_key(call: Call) -> dict[str, Any]:
     req, core = call.request, call.core
     usage = f.enum(req, "KeyUsage", crypto.KEY_USAGES, default="ENCRYPT_DECRYPT")
@@ -128,7 +145,7 @@ async def create_key(call: Call) -> dict[str, Any]:
         raise UnsupportedOperationException("custom key stores are not supported")
     if f.boolean(req, "MultiRegion"):
         raise UnsupportedOperationException("multi-Region keys are not supported")
-    f.boolean(req, "BypassPolicyLockoutSafetyCheck")
+    bypass = f.boolean(req, "BypassPolicyLockoutSafetyCheck")
     policy_text = f.string(req, "Policy", max_len=32768)
     tags = _tags(req.get("Tags"))
     if spec not in crypto.KEY_SPECS:
@@ -145,6 +162,8 @@ async def create_key(call: Call) -> dict[str, Any]:
     now = now_ms()
     rec = db.KeyRecord(key_id, spec, usage, "Enabled", description, policy, now, None, None,
                        None, None, 1)
+    if policy_text is not None:
+        await _lockout_check(call, rec, bypass)
     call.resources.append(core.key_arn(key_id))
     async with core.fast.transaction() as tx:
         await db.insert_key(tx, rec)
@@ -250,9 +269,10 @@ async def put_key_policy(call: Call) -> dict[str, Any]:
     rec = await _key(call)
     _policy_name(call)
     text = check(f.required_string(call.request, "Policy", max_len=32768))
-    f.boolean(call.request, "BypassPolicyLockoutSafetyCheck")
+    bypass = f.boolean(call.request, "BypassPolicyLockoutSafetyCheck")
     await call.core.authorize(call, "PutKeyPolicy", rec)
     call.core.not_pending(rec)
+    await _lockout_check(call, replace(rec, policy=text), bypass)
     async with call.core.fast.transaction() as tx:
         await db.update_key(tx, rec.id, policy=text)
     call.core.forget(rec.id)
