@@ -41,7 +41,7 @@ DEFAULT_RATE_LIMITS: tuple[Rule, ...] = (
     Rule("token", ("/token",), rate=600, period=60, burst=120, body="oauth"),
     Rule("introspect", ("/introspect",), rate=1200, period=60, burst=240, body="oauth"),
     Rule("revoke", ("/revoke",), rate=600, period=60, burst=120, body="oauth"),
-    Rule("sts", ("/sts",), rate=600, period=60, burst=120, body="oauth"),
+    Rule("sts", ("/sts",), rate=600, period=60, burst=120, body="aws"),
 )
 
 
@@ -86,8 +86,9 @@ class Settings(BaseSettings):
         "array of tables in TOML: name, paths (a path covers the paths below it), rate "
         "requests per period seconds, burst, optional methods, key ip (the connection's "
         "peer address) or client (the client id of HTTP Basic credentials, in addition to "
-        "an ip rule), body oauth or problem (the 429's shape). Shared through Redis when "
-        "redis_url is set.")
+        "an ip rule), body oauth, problem or aws (the 429's shape), algorithm gcra (burst at "
+        "once, then the rate; the default) or sliding_window (at most rate in any period; no "
+        "burst). Shared through Redis when redis_url is set.")
     rate_limit_fail_mode: Literal["fail_open", "fail_closed"] = Field(
         "fail_open", description="When Redis cannot be reached: fail_open limits each "
         "instance on its own until Redis is back (retried every few seconds); fail_closed "

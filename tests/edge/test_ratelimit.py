@@ -1,4 +1,4 @@
-"""Rate limits at the edge: GCRA exactness, the memory and Redis backends (shared limits,
+"""Rate limits at the edge: GCRA and sliding-window exactness, the memory and Redis backends (shared limits,
 Redis down and back), the draft RateLimit header fields, 429 bodies, aggregated audit
 records, passthrough of other scopes, refused configurations, and a real socket."""
 
@@ -25,12 +25,17 @@ from starlette.routing import Route
 
 from bastion.config import Settings
 from bastion.edge.ratelimit import (
+    SLIDING_LUA,
+    US,
     MemoryBackend,
     RateLimit,
     RedisBackend,
     Rule,
+    Verdict,
     basic_client_id,
     gcra,
+    sliding,
+    window_verdict,
 )
 from bastion.edge.request import RequestContext
 
@@ -576,3 +581,341 @@ async def test_pending_refusal_counts_are_flushed_from_a_built_stack() -> None:
     await flush_refusals(app)
     assert [r["additional"]["refusals"] for r in sink.records] == [1, 2]
     await flush_refusals(object())  # nothing to flush: no error
+
+
+# --- sliding window ---------------------------------------------------------------------
+
+SW = Rule("sw", ("/orders",), rate=10, period=10, algorithm="sliding_window")
+
+
+async def test_sliding_window_counts_at_window_boundaries_exactly() -> None:
+    clock = Clock(1000.0)  # a fixed window starts here (1000 s is a multiple of 10 s)
+    backend = MemoryBackend(clock=clock)
+    w = SW.window_us
+
+    async def take(n: int) -> list[Verdict]:
+        return [await backend.window("k", w, 10) for _ in range(n)]
+
+    seen = await take(11)
+    assert [v.allowed for v in seen] == [True] * 10 + [False]
+    assert [v.remaining for v in seen[:10]] == [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
+    assert seen[9].reset == 20.0  # these ten leave the sliding window at 1020
+    # refused: 10 in this window; in the next one 10 * (W - e) / W + 1 <= 10 at e = 1 s
+    assert seen[10].retry_after == 11.0
+    clock.now = 1009.999_999
+    assert not (await take(1))[0].allowed
+    clock.now = 1010.0  # the boundary: the previous window still weighs fully
+    refused = (await take(1))[0]
+    assert not refused.allowed and refused.retry_after == 1.0
+    clock.now = 1010.999_999
+    assert not (await take(1))[0].allowed
+    clock.now = 1011.0  # 10 * 0.9 + 1 <= 10: exactly one
+    assert [v.allowed for v in await take(2)] == [True, False]
+    clock.now = 1015.0  # half the previous window left: 5 + cur + 1 <= 10, cur 1 -> 5
+    got = await take(5)
+    assert [v.allowed for v in got] == [True] * 4 + [False]
+    assert [v.remaining for v in got[:4]] == [3, 2, 1, 0]
+    clock.now = 1020.0  # the previous window (5 admitted) weighs fully, none this one
+    assert [v.allowed for v in await take(6)] == [True] * 5 + [False]
+    clock.now = 1040.0  # two windows idle: nothing weighs, the full quota
+    assert [v.allowed for v in await take(11)] == [True] * 10 + [False]
+    assert (await backend.window("other", w, 10)).remaining == 9  # keys are separate
+
+
+def test_sliding_step_is_integer_exact_and_never_admits_more_than_twice_the_rate() -> None:
+    w, limit = 1_000_000, 7
+    state = None
+    admitted: list[int] = []
+    for now in range(0, 5 * w, 997):  # every ~1 ms for five windows
+        ok, new = sliding(state, now, w, limit)
+        if ok:
+            state = new
+            admitted.append(now)
+    # at most limit per fixed window, so at most 2 * limit in any sliding one; and the
+    # weighted count keeps each sliding window close to the limit when load is uniform
+    for i, t in enumerate(admitted):
+        inside = sum(1 for u in admitted[i:] if u < t + w)
+        assert inside <= 2 * limit
+    assert 5 * limit - limit <= len(admitted) <= 5 * limit + 1
+
+
+async def test_sliding_window_memory_backend_is_bounded_and_forgets_idle_keys() -> None:
+    clock = Clock()
+    backend = MemoryBackend(max_keys=3, clock=clock)
+    for i in range(10):
+        await backend.window(f"k{i}", 1_000_000, 5)
+    assert len(backend) == 3
+    clock.now += 1  # the counts still weigh in the next window: kept
+    await backend.window("k9", 1_000_000, 5)
+    assert len(backend) == 3
+    clock.now += 2  # they have left every sliding window: nothing worth keeping
+    await backend.window("new", 1_000_000, 5)
+    assert len(backend) == 1
+
+
+async def test_sliding_window_headers_say_the_window_and_no_burst() -> None:
+    rule = Rule("sw", ("/orders",), rate=3, period=10, algorithm="sliding_window")
+    app = make_app([rule, LOGIN], MemoryBackend(clock=Clock(1000.0)))
+    async with client(app) as c:
+        r = await c.get("/orders")
+        assert r.status_code == 200
+        assert r.headers["ratelimit-policy"] == '"sw";q=3;w=10'
+        assert r.headers["ratelimit"] == '"sw";r=2;t=20'
+        assert "retry-after" not in r.headers
+        await c.get("/orders")
+        await c.get("/orders")
+        r = await c.get("/orders")
+        assert r.status_code == 429
+        # the next window at e = W - floor(2W / 3): 10 s + 3.333334 s
+        assert r.headers["retry-after"] == "14"
+        assert r.headers["ratelimit"] == '"sw";r=0;t=14'
+        assert r.headers["ratelimit-policy"] == '"sw";q=3;w=10'
+        assert r.headers["content-type"] == "application/problem+json"
+        assert (await c.post("/login")).headers["ratelimit-policy"] == \
+            '"login";q=60;w=60;bastion-burst=5'
+
+
+async def test_gcra_and_sliding_window_rules_count_separately_on_one_path() -> None:
+    both = [Rule("gcra", ("/orders",), rate=60, period=60, burst=2),
+            Rule("sw", ("/orders",), rate=3, period=60, algorithm="sliding_window")]
+    app = make_app(both, MemoryBackend(clock=Clock()))
+    async with client(app) as c:
+        codes = [(await c.get("/orders")).status_code for _ in range(3)]
+        r = await c.get("/orders")
+    assert codes == [200, 200, 429]  # GCRA's burst of 2 refuses first
+    # each rule decides on its own: the sliding window admitted (and counted) the third,
+    # so it refuses the fourth; 40 s into the fixed window [960, 1020), 3 of 3 admitted:
+    # the next window at e = W - floor(2W / 3) = 20 s, i.e. 40 s from now
+    assert r.headers["ratelimit"] == '"gcra";r=0;t=1, "sw";r=0;t=40'
+    assert r.headers["retry-after"] == "40"  # the longest wait of the refusing rules
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"burst": 5}, "burst does not apply to a sliding_window"),
+    ({"rate": 0}, "rate and period must be >= 1"),
+    ({"period": 0}, "rate and period must be >= 1"),
+    ({"rate": 100_000, "period": 100_000}, "too large for a sliding_window"),
+    ({"algorithm": "leaky"}, "algorithm is gcra|sliding_window"),
+], ids=["burst", "rate-0", "period-0", "beyond-2^53", "unknown"])
+def test_bad_sliding_window_rules_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    args: dict[str, Any] = {"name": "r", "paths": ("/t",), "rate": 10, "period": 60,
+                            "algorithm": "sliding_window", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        Rule(**args)
+
+
+def test_sliding_window_rules_in_settings() -> None:
+    s = Settings(rate_limit_rules=[{"name": "t", "paths": ["/token"], "rate": 100,
+                                    "period": 60, "algorithm": "sliding_window"}])
+    (rule,) = s.rate_limit_rules
+    assert rule.algorithm == "sliding_window" and rule.burst == 0
+    assert str(rule) == "t: /token 100/60s sliding window per ip"
+    assert Rule("t", ("/t",), 5, 60, burst=5, algorithm="sliding_window").burst == 5
+    assert all(r.algorithm == "gcra" for r in Settings().rate_limit_rules)  # the default
+    for bad in ({"algorithm": "leaky"}, {"algorithm": "sliding_window", "burst": 7},
+                {"algorithm": None}):
+        with pytest.raises(ValueError):
+            Settings(rate_limit_rules=[{"name": "t", "paths": ["/t"], "rate": 10,
+                                        "period": 60, **bad}])
+    with pytest.raises(ValueError, match="burst must be >= 1"):  # GCRA still needs it
+        Settings(rate_limit_rules=[{"name": "t", "paths": ["/t"], "rate": 10, "period": 60}])
+
+
+def test_a_backend_without_windows_is_refused_for_sliding_window_rules() -> None:
+    class GcraOnly:
+        async def take(self, key: str, interval_us: int, burst: int) -> Verdict:
+            raise AssertionError
+
+    RateLimit(ok, rules=[ORDERS], backend=GcraOnly())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="window"):
+        RateLimit(ok, rules=[ORDERS, SW], backend=GcraOnly())  # type: ignore[arg-type]
+
+
+HOSTILE_KEYS = ["sw:" + k for k in (
+    "", " ", "\n\r\x00", "{hash}tag", "*", "a" * 10_000, "\u202e\u0000é漢字",
+    "'); redis.call('FLUSHALL') --", "KEYS[1]", "s", "%d%s%n")]
+
+
+async def test_hostile_keys_are_opaque_and_separate(redis_prefix: str) -> None:
+    r = Redis.from_url(REDIS)
+    try:
+        for backend in (MemoryBackend(), RedisBackend(r, prefix=redis_prefix)):
+            for key in HOSTILE_KEYS:
+                got = [await backend.window(key, 60 * US, 2) for _ in range(3)]
+                assert [v.allowed for v in got] == [True, True, False], key
+        assert await r.dbsize() > 0  # nothing was flushed
+        stored = {k async for k in r.scan_iter(match=redis_prefix + "*")}
+        assert len(stored) == len(set(HOSTILE_KEYS))
+        assert {await r.type(k) for k in stored} == {b"hash"}
+    finally:
+        await r.aclose()
+
+
+async def test_sliding_window_in_redis_is_shared_and_expires(redis_prefix: str) -> None:
+    r1, r2 = Redis.from_url(REDIS), Redis.from_url(REDIS)
+    rule = Rule("sw", ("/orders",), rate=3, period=60, algorithm="sliding_window")
+    a = make_app([rule], RedisBackend(r1, prefix=redis_prefix))
+    b = make_app([rule], RedisBackend(r2, prefix=redis_prefix))
+    try:
+        async with client(a) as ca, client(b) as cb:
+            codes = [(await (ca if i % 2 else cb).get("/orders")).status_code
+                     for i in range(5)]
+            assert codes == [200, 200, 200, 429, 429]
+            refused = await ca.get("/orders")
+        assert 1 <= int(refused.headers["retry-after"]) <= 121
+        assert refused.headers["ratelimit-policy"] == '"sw";q=3;w=60'
+        (key,) = [k async for k in r1.scan_iter(match=redis_prefix + "*")]
+        assert key.decode().startswith(redis_prefix + "sw/sw/3/60:")
+        assert 0 < await r1.pttl(key) <= 120_001  # gone once it no longer weighs
+        fields = await r1.hgetall(key)
+        assert fields[b"c"] == b"3" and fields[b"p"] == b"0"
+        assert int(fields[b"s"]) % (60 * US) == 0
+    finally:
+        await r1.aclose()
+        await r2.aclose()
+
+
+async def test_redis_and_memory_make_the_same_sliding_window_decisions(
+        redis_prefix: str) -> None:
+    """The same sequence at the same instants: the Lua step decides at Redis's TIME and
+    says how far into its window that was; the memory backend is asked at that very
+    instant and must answer the very same verdict."""
+    r = Redis.from_url(REDIS)
+    w, limit = 400_000, 4  # 0.4 s windows: the sequence crosses several
+    script = r.register_script(SLIDING_LUA)
+    clock = Clock()
+    memory = MemoryBackend(clock=clock)
+    t0, _ = await r.time()
+    base = (t0 * US // w - 10) * w  # a window boundary: keeps the clock's floats small
+    pauses = [0, 0, 0, 0, 0, 0.15, 0, 0.3, 0, 0, 0.1, 0.25, 0, 0, 0, 0.45, 0, 0, 0, 0, 0.9, 0]
+    outcomes = []
+    try:
+        for pause in pauses:
+            await asyncio.sleep(pause)
+            sec, usec = await r.time()
+            allowed, elapsed, cur, prev = await script(keys=[redis_prefix + "k"],
+                                                        args=[w, limit])
+            sec2, usec2 = await r.time()
+            got = window_verdict(bool(allowed), int(elapsed), int(cur), int(prev), w, limit)
+            before, after = sec * US + usec, sec2 * US + usec2
+            # the instant the script ran: between the two, and `elapsed` into its window
+            instants = [start + int(elapsed) for start in
+                        range(before - before % w, after + 1, w)
+                        if before <= start + int(elapsed) <= after]
+            if len(instants) != 1:
+                pytest.skip("Redis answered slower than a window: the instant is ambiguous")
+            clock.now = (instants[0] - base) / US
+            want = await memory.window("k", w, limit)
+            assert got == want, (pause, got, want)
+            outcomes.append(got.allowed)
+    finally:
+        await r.aclose()
+    assert True in outcomes and False in outcomes  # both decisions were compared
+
+
+async def test_sliding_window_over_real_time_in_redis_holds_the_limit(
+        redis_prefix: str) -> None:
+    """Hammered for ~2.2 s at 10 per 0.5 s: at most rate in each fixed window, so at most
+    2 * rate in any sliding one, and about rate per window overall (generous bounds)."""
+    r = Redis.from_url(REDIS)
+    backend = RedisBackend(r, prefix=redis_prefix)
+    loop = asyncio.get_running_loop()
+    admitted: list[float] = []
+    attempts = 0
+    started = loop.time()
+    try:
+        while loop.time() - started < 2.2:
+            attempts += 1
+            if (await backend.window("k", 500_000, 10)).allowed:
+                admitted.append(loop.time())
+            await asyncio.sleep(0.002)
+    finally:
+        await r.aclose()
+    spent = loop.time() - started
+    windows = spent / 0.5
+    assert len(admitted) <= 10 * (windows + 1)  # at most 10 per fixed window it touched
+    # at least most of what was offered, up to the limit (a slow machine offers less)
+    assert len(admitted) >= 0.8 * min(attempts, 10 * (windows - 1))
+    assert attempts < 10 * (windows + 1) or len(admitted) < attempts  # it did refuse
+    for i, t in enumerate(admitted):
+        assert sum(1 for u in admitted[i:] if u < t + 0.5) <= 20
+
+
+async def test_sliding_window_fail_open_uses_the_local_window(redis_prefix: str) -> None:
+    closed = Proxy()  # never started: its port is closed
+    r = Redis(host="127.0.0.1", port=closed.port, socket_connect_timeout=0.2)
+    backend = RedisBackend(r, prefix=redis_prefix, retry_interval=60)
+    rule = Rule("sw", ("/orders",), rate=2, period=60, algorithm="sliding_window")
+    app = make_app([rule], backend)
+    try:
+        async with client(app) as c:
+            codes = [(await c.get("/orders")).status_code for _ in range(3)]
+            last = await c.get("/orders")
+    finally:
+        await r.aclose()
+    assert codes == [200, 200, 429]
+    assert last.headers["ratelimit-policy"] == '"sw";q=2;w=60'
+    assert backend.degraded and backend.failures == 1 and backend.fallback_decisions == 4
+
+
+async def test_sliding_window_fail_closed_answers_503(redis_prefix: str) -> None:
+    closed = Proxy()
+    r = Redis(host="127.0.0.1", port=closed.port, socket_connect_timeout=0.2)
+    backend = RedisBackend(r, prefix=redis_prefix, fail_mode="fail_closed", retry_interval=7)
+    rule = Rule("sw", ("/orders",), rate=2, period=60, algorithm="sliding_window",
+                body="aws")
+    app = make_app([rule], backend)
+    try:
+        async with client(app) as c:
+            refused = await c.get("/orders")
+            free = await c.get("/free")
+    finally:
+        await r.aclose()
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "7"
+    assert refused.json() == {"Error": {"Code": "ServiceUnavailable",
+                                        "Message": "the rate limiter is unavailable"},
+                              "RequestId": refused.headers["x-request-id"]}
+    assert free.status_code == 200
+    assert len(backend.fallback) == 0  # nothing decided locally
+
+
+# --- the aws body (/sts) ----------------------------------------------------------------
+
+async def test_aws_body_is_sts_throttling_json() -> None:
+    from bastion.oauth.sts import StsError
+
+    rule = Rule("sts", ("/orders",), rate=60, period=60, burst=1, body="aws")
+    app = make_app([rule], MemoryBackend(clock=Clock()))
+    async with client(app) as c:
+        assert (await c.post("/orders")).status_code == 200
+        r = await c.post("/orders")
+    assert r.status_code == 429
+    assert r.headers["content-type"] == "application/json"
+    assert r.headers["retry-after"] == "1" and r.headers["cache-control"] == "no-store"
+    body = r.json()
+    assert body == {"Error": {"Code": "Throttling", "Message": "Rate exceeded"},
+                    "RequestId": r.headers["x-request-id"]}
+    # the shape of /sts's own errors (bastion.oauth.sts), plus the request id
+    sts = json.loads(bytes(StsError("Throttling", "Rate exceeded", 429).response().body))
+    assert sts == {"Error": body["Error"]}
+
+
+def test_default_sts_rule_answers_like_aws() -> None:
+    (sts,) = [r for r in Settings().rate_limit_rules if r.name == "sts"]
+    assert sts.body == "aws" and sts.paths == ("/sts",)
+    assert {r.body for r in Settings().rate_limit_rules if r.name != "sts"} == {"oauth"}
+
+
+async def test_bastion_throttles_sts_like_aws(provider: Any, http: Any) -> None:
+    """The default ``sts`` rule (burst 120, then 10/s) in front of the real /sts
+    endpoint: at least the burst reaches it (401: no bearer token), then AWS's throttling
+    error."""
+    codes: list[int] = []
+    while 429 not in codes and len(codes) < 1000:
+        r = await http.post("/sts", data={"Action": "AssumeRole"})
+        codes.append(r.status_code)
+    assert codes[-1] == 429 and len(codes) > 120 and set(codes[:-1]) == {401}
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    assert r.json() == {"Error": {"Code": "Throttling", "Message": "Rate exceeded"},
+                        "RequestId": r.headers["x-request-id"]}
+    assert r.headers["ratelimit-policy"] == '"sts";q=600;w=60;bastion-burst=120'

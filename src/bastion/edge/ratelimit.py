@@ -1,4 +1,5 @@
-"""Rate limits at the edge: GCRA per rule and client key, in memory or in Redis.
+"""Rate limits at the edge: GCRA or a sliding window per rule and client key, in memory or
+in Redis.
 
     RateLimit(app, rules=[Rule("login", ("/login",), rate=30, period=60, burst=10)],
               backend=MemoryBackend(), audit=trail)
@@ -10,6 +11,17 @@ emission interval ``T = period / rate``, a request at ``now`` is admitted when
 requests pass at once, then one every ``T``. All arithmetic is in integer microseconds, so
 the memory and Redis backends agree exactly.
 
+A ``sliding_window`` rule counts instead with the two-window approximation of a sliding
+log: with the window ``W = period`` cut into fixed windows, a request ``e`` into the current
+one is admitted when ``prev * (W - e) / W + cur + 1 <= rate`` (``prev``, ``cur``: the
+requests admitted in the previous and the current fixed window; the previous one is weighed
+by the share of it still inside the sliding window ending now). Three integers per key, one
+decision in O(1), whatever the rate: an exact log would store ``rate`` timestamps per key
+(600 per client IP for ``/token``) and cost O(rate) memory and Redis work per decision, for
+a precision the approximation only misses when the previous window's requests were not
+spread evenly (it assumes they were). Refused requests are not counted, so a flood cannot
+lock a key out beyond the window. Again in integer microseconds, both backends agree.
+
 Every admitted or refused response of a limited route carries the header fields of
 draft-ietf-httpapi-ratelimit-headers-10 (the structured-field form of drafts -08 onward)::
 
@@ -17,9 +29,10 @@ draft-ietf-httpapi-ratelimit-headers-10 (the structured-field form of drafts -08
     RateLimit: "login";r=9;t=2
 
 ``q``/``w`` are the configured rate, ``bastion-burst`` the burst (a vendor parameter, as the
-draft recommends for implementation-specific ones), ``r`` the requests that may be made at
-once now and ``t`` the seconds until the full burst is available again (on a refusal: the
-same instant as ``Retry-After``, as the draft says it SHOULD be). A refusal is ``429`` with
+draft recommends for implementation-specific ones; a sliding window has none: up to ``q``
+pass at once), ``r`` the requests that may be made at once now and ``t`` the seconds until
+the full quota is available again (on a refusal: the same instant as ``Retry-After``, as
+the draft says it SHOULD be). A refusal is ``429`` with
 ``Retry-After`` (whole seconds, at least 1) and a ``RateLimitExceeded`` audit record;
 records are aggregated per rule and key: the first refusal of a key is recorded before the
 429 leaves, the further ones of the next ``audit_window`` seconds are counted and written
@@ -60,10 +73,12 @@ log = logging.getLogger("bastion.edge.ratelimit")
 
 Clock = Callable[[], float]
 KeyKind = Literal["ip", "client", "principal"]
-BodyStyle = Literal["oauth", "problem"]
+BodyStyle = Literal["oauth", "problem", "aws"]
+Algorithm = Literal["gcra", "sliding_window"]
 FailMode = Literal["fail_open", "fail_closed"]
 MAX_CLIENT_ID = 256
 US = 1_000_000
+EXACT = 2**53  # Redis's Lua numbers are doubles: integers are exact below this
 
 
 @dataclass(frozen=True)
@@ -74,16 +89,20 @@ class Rule:
     ``key``: the client IP, or the OAuth client id of HTTP Basic credentials, or the
     principal of the verified bearer token (``principal``: only where the middleware runs
     after authentication, e.g. a proxied route's limits); requests without that key are
-    not counted by such a rule. ``body``: the shape of the 429 body."""
+    not counted by such a rule. ``body``: the shape of the 429 body (``aws``: AWS STS's
+    JSON error). ``algorithm``: ``gcra`` (``burst`` at once, then the steady rate) or
+    ``sliding_window`` (at most ``rate`` in any ``period``; ``burst`` does not apply: leave
+    it unset, or equal to ``rate``)."""
 
     name: str
     paths: tuple[str, ...]
     rate: int
     period: int
-    burst: int
+    burst: int = 0
     methods: tuple[str, ...] = ()
     key: KeyKind = "ip"
     body: BodyStyle = "problem"
+    algorithm: Algorithm = "gcra"
 
     def __post_init__(self) -> None:
         if not (0 < len(self.name) <= 32 and all(c.isascii() and (c.isalnum() or c in "-_")
@@ -94,12 +113,23 @@ class Rule:
             raise ValueError(f"rate limit {self.name}: paths must be absolute, e.g. /token")
         if not all(m.isascii() and m.isalpha() and m.isupper() for m in self.methods):
             raise ValueError(f"rate limit {self.name}: methods are upper-case, e.g. POST")
-        if self.rate < 1 or self.period < 1 or self.burst < 1:
-            raise ValueError(f"rate limit {self.name}: rate, period and burst must be >= 1")
-        if self.key not in ("ip", "client", "principal") or self.body not in ("oauth",
-                                                                            "problem"):
+        if self.key not in ("ip", "client", "principal") or self.body not in (
+                "oauth", "problem", "aws"):
             raise ValueError(f"rate limit {self.name}: key is ip|client|principal, body "
-                             "oauth|problem")
+                             "oauth|problem|aws")
+        if self.algorithm == "sliding_window":
+            if self.rate < 1 or self.period < 1:
+                raise ValueError(f"rate limit {self.name}: rate and period must be >= 1")
+            if self.burst not in (0, self.rate):
+                raise ValueError(f"rate limit {self.name}: burst does not apply to a "
+                                 "sliding_window (up to rate at once); leave it unset")
+            if self.rate * self.period * US >= EXACT:
+                raise ValueError(f"rate limit {self.name}: rate * period too large for a "
+                                 "sliding_window")
+        elif self.algorithm != "gcra":
+            raise ValueError(f"rate limit {self.name}: algorithm is gcra|sliding_window")
+        elif self.rate < 1 or self.period < 1 or self.burst < 1:
+            raise ValueError(f"rate limit {self.name}: rate, period and burst must be >= 1")
         if self.period * US // self.rate < 1:
             raise ValueError(f"rate limit {self.name}: rate too high for its period")
 
@@ -109,10 +139,24 @@ class Rule:
         return self.period * US // self.rate
 
     @property
+    def window_us(self) -> int:
+        """The sliding window's length W, in microseconds."""
+        return self.period * US
+
+    @property
     def bucket(self) -> str:
         """The key prefix of this rule's buckets: a changed rule starts afresh, and
         instances configured differently never share a bucket."""
+        if self.algorithm == "sliding_window":
+            return f"{self.name}/sw/{self.rate}/{self.period}"
         return f"{self.name}/{self.rate}/{self.period}/{self.burst}"
+
+    @property
+    def policy(self) -> str:
+        """This rule's ``RateLimit-Policy`` item."""
+        if self.algorithm == "sliding_window":
+            return f'"{self.name}";q={self.rate};w={self.period}'
+        return f'"{self.name}";q={self.rate};w={self.period};bastion-burst={self.burst}'
 
     def matches(self, method: str, path: str) -> bool:
         if self.methods and method not in self.methods:
@@ -121,8 +165,10 @@ class Rule:
 
     def __str__(self) -> str:
         methods = " " + ",".join(self.methods) if self.methods else ""
+        shape = ("sliding window" if self.algorithm == "sliding_window"
+                 else f"burst {self.burst}")
         return (f"{self.name}: {','.join(self.paths)}{methods} {self.rate}/{self.period}s "
-                f"burst {self.burst} per {self.key}")
+                f"{shape} per {self.key}")
 
 
 @dataclass(frozen=True)
@@ -157,21 +203,65 @@ def gcra(tat_us: int | None, now_us: int, interval_us: int, burst: int) -> tuple
     return True, new_tat
 
 
+def sliding(state: tuple[int, int, int] | None, now_us: int, window_us: int,
+            limit: int) -> tuple[bool, tuple[int, int, int]]:
+    """One sliding-window step. ``state``: (start of the current fixed window, requests
+    admitted in it, in the one before). Returns (admitted, the state as of ``now_us``, with
+    this request counted when admitted); the caller stores it only when admitted."""
+    start = now_us - now_us % window_us
+    if state is None or state[0] < start - window_us:
+        cur = prev = 0
+    elif state[0] < start:  # the stored window is now the previous one
+        cur, prev = 0, state[1]
+    else:
+        cur, prev = state[1], state[2]
+    elapsed = now_us - start
+    if prev * (window_us - elapsed) + (cur + 1) * window_us > limit * window_us:
+        return False, (start, cur, prev)
+    return True, (start, cur + 1, prev)
+
+
+def window_verdict(allowed: bool, elapsed_us: int, cur: int, prev: int, window_us: int,
+                   limit: int) -> Verdict:
+    """The verdict of a sliding-window step, from the state after it (``elapsed_us``: how
+    far into its current fixed window). Integer arithmetic: both backends agree."""
+    w, e = window_us, elapsed_us
+    remaining = max(0, (limit * w - prev * (w - e)) // w - cur)
+    if allowed:
+        # the full quota is back once the current window's requests have left the sliding
+        # window (at the end of the next fixed window), or else the previous window's
+        full = 2 * w - e if cur else (w - e if prev else 0)
+        return Verdict(True, remaining, full / US, 0.0)
+    # the first instant prev * (W - e') + (cur + 1) * W <= limit * W holds: later in this
+    # window, or else in the next (where prev' = cur, cur' = 0)
+    room = limit - cur - 1
+    if room >= 0 and prev:
+        wait = w - (room * w) // prev - e
+    else:
+        wait = w - e + (w - ((limit - 1) * w) // cur if cur else 0)
+    wait_s = max(0, wait) / US
+    return Verdict(False, 0, wait_s, wait_s)
+
+
 class BackendUnavailable(Exception):
     """The shared limiter cannot decide and the policy is ``fail_closed`` (answered 503)."""
 
 
 class Backend(Protocol):
-    """Where TATs live. ``take`` is one atomic GCRA step for ``key``: of two concurrent
-    calls, each sees the other's effect (no lost updates)."""
+    """Where the counts live. ``take`` is one atomic GCRA step for ``key``, ``window`` one
+    sliding-window step: of two concurrent calls, each sees the other's effect (no lost
+    updates)."""
 
     async def take(self, key: str, interval_us: int, burst: int) -> Verdict: ...
 
+    async def window(self, key: str, window_us: int, limit: int) -> Verdict: ...
+
 
 class MemoryBackend:
-    """One process's limiter. Bounded: at most ``max_keys`` keys, each dropped once its
-    bucket is full again (its TAT has passed); beyond the bound the least recently used key
-    goes first (it starts again with a full burst). ``clock``: seconds, monotonic."""
+    """One process's limiter. Bounded: at most ``max_keys`` keys of each algorithm, each
+    dropped once it is full again (a GCRA key once its TAT has passed, a sliding-window key
+    once its counts have left the window); beyond the bound the least recently used key
+    goes first (it starts again with a full quota). ``clock``: seconds, monotonic."""
 
     def __init__(self, *, max_keys: int = 100_000, clock: Clock = time.monotonic) -> None:
         if max_keys < 1:
@@ -179,12 +269,24 @@ class MemoryBackend:
         self._clock = clock
         self._tat: TLRUCache[str, int] = TLRUCache(
             maxsize=max_keys, ttu=lambda _k, tat, _now: tat / US, timer=clock)
+        # key -> (start, cur, prev, the instant its counts no longer matter)
+        self._windows: TLRUCache[str, tuple[int, int, int, int]] = TLRUCache(
+            maxsize=max_keys, ttu=lambda _k, state, _now: state[3] / US, timer=clock)
 
     def __len__(self) -> int:
-        return len(self._tat)
+        return len(self._tat) + len(self._windows)
+
+    async def window(self, key: str, window_us: int, limit: int) -> Verdict:
+        now = round(self._clock() * US)
+        stored = self._windows.get(key)
+        allowed, (start, cur, prev) = sliding(
+            None if stored is None else stored[:3], now, window_us, limit)
+        if allowed:
+            self._windows[key] = (start, cur, prev, start + 2 * window_us)
+        return window_verdict(allowed, now - start, cur, prev, window_us, limit)
 
     async def take(self, key: str, interval_us: int, burst: int) -> Verdict:
-        now = int(self._clock() * US)
+        now = round(self._clock() * US)
         allowed, tat = gcra(self._tat.get(key), now, interval_us, burst)
         if allowed:
             self._tat[key] = tat
@@ -210,9 +312,42 @@ return {1, new_tat - now}
 """
 
 
+# KEYS[1] the key's hash {s: start of the current fixed window, c: its count, p: the
+# previous window's}; ARGV: window (µs), limit. The same step as ``sliding``; every number
+# stays below 2^53 (Rule checks rate * period), so Lua's doubles are exact. Returns
+# {admitted, µs into the current window, cur, prev}; the state is written only when
+# admitted, kept until its counts have left the window.
+SLIDING_LUA = """
+local window = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local start = now - (now % window)
+local s = redis.call('HMGET', KEYS[1], 's', 'c', 'p')
+local stored, cur, prev = tonumber(s[1]), 0, 0
+if stored ~= nil and stored >= start - window then
+  if stored < start then
+    prev = tonumber(s[2]) or 0
+  else
+    cur = tonumber(s[2]) or 0
+    prev = tonumber(s[3]) or 0
+  end
+end
+local elapsed = now - start
+if prev * (window - elapsed) + (cur + 1) * window > limit * window then
+  return {0, elapsed, cur, prev}
+end
+cur = cur + 1
+redis.call('HSET', KEYS[1], 's', string.format('%d', start), 'c',
+           string.format('%d', cur), 'p', string.format('%d', prev))
+redis.call('PEXPIRE', KEYS[1], math.floor((start + 2 * window - now) / 1000) + 1)
+return {1, elapsed, cur, prev}
+"""
+
+
 class RedisBackend:
-    """The limiter every instance shares: one ``EVALSHA`` per decision (the script is
-    registered once). When Redis fails, the failure is logged once and counted, decisions
+    """The limiter every instance shares: one ``EVALSHA`` per decision (each algorithm's
+    script is registered once). When Redis fails, the failure is logged once and counted, decisions
     go to ``fallback`` (``fail_open``, the default) or raise ``BackendUnavailable``
     (``fail_closed``) for ``retry_interval`` seconds, then Redis is tried again."""
 
@@ -225,6 +360,7 @@ class RedisBackend:
         if retry_interval <= 0 or timeout <= 0:
             raise ValueError("retry_interval and timeout must be > 0")
         self._script = redis.register_script(GCRA_LUA)
+        self._sliding = redis.register_script(SLIDING_LUA)
         self._prefix = prefix
         self.fallback = fallback or MemoryBackend(clock=clock)
         self.fail_mode = fail_mode
@@ -240,22 +376,37 @@ class RedisBackend:
         return self._down_until is not None
 
     async def take(self, key: str, interval_us: int, burst: int) -> Verdict:
+        reply = await self._run(self._script, key, interval_us, burst)
+        if reply is None:
+            return await self.fallback.take(key, interval_us, burst)
+        allowed, ahead = reply
+        return verdict(bool(allowed), int(ahead), interval_us, burst)
+
+    async def window(self, key: str, window_us: int, limit: int) -> Verdict:
+        reply = await self._run(self._sliding, key, window_us, limit)
+        if reply is None:
+            return await self.fallback.window(key, window_us, limit)
+        allowed, elapsed, cur, prev = reply
+        return window_verdict(bool(allowed), int(elapsed), int(cur), int(prev), window_us,
+                              limit)
+
+    async def _run(self, script: Any, key: str, *args: int) -> list[Any] | None:
+        """One EVALSHA; None when the decision goes to the fallback (``fail_open``)."""
         if self._down_until is None or self._clock() >= self._down_until:
             try:
                 async with asyncio.timeout(self.timeout):
-                    allowed, ahead = await self._script(keys=[self._prefix + key],
-                                                        args=[interval_us, burst])
+                    reply = await script(keys=[self._prefix + key], args=list(args))
             except (RedisError, OSError, TimeoutError) as exc:
                 self._failed(exc)
             else:
                 if self._down_until is not None:
                     log.warning("rate limits: Redis is back; shared limits apply again")
                     self._down_until = None
-                return verdict(bool(allowed), int(ahead), interval_us, burst)
+                return list(reply)
         self.fallback_decisions += 1
         if self.fail_mode == "fail_closed":
             raise BackendUnavailable("the shared rate limiter is unavailable")
-        return await self.fallback.take(key, interval_us, burst)
+        return None
 
     def _failed(self, exc: BaseException) -> None:
         self.failures += 1
@@ -411,6 +562,10 @@ class RateLimit:
             raise ValueError("rate limit names must be unique")
         if not callable(getattr(backend, "take", None)):
             raise TypeError("backend must have an async take(key, interval_us, burst)")
+        if any(r.algorithm == "sliding_window" for r in rules) and not callable(
+                getattr(backend, "window", None)):
+            raise TypeError("backend must have an async window(key, window_us, limit) for "
+                            "sliding_window rules")
         if audit_window <= 0:
             raise ValueError("audit_window must be > 0")
         self.app = app
@@ -418,8 +573,7 @@ class RateLimit:
         self.backend = backend
         self.refusals = RefusalLog(audit, audit_window) if audit is not None else None
         self.metrics = metrics  # refusals counted as ("rate_limit", rule name)
-        self._policy = {r.name: f'"{r.name}";q={r.rate};w={r.period};bastion-burst={r.burst}'
-                        for r in rules}
+        self._policy = {r.name: r.policy for r in rules}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -451,8 +605,12 @@ class RateLimit:
             else:
                 continue
             try:
-                result = await self.backend.take(f"{rule.bucket}:{key}", rule.interval_us,
-                                                 rule.burst)
+                if rule.algorithm == "sliding_window":
+                    result = await self.backend.window(f"{rule.bucket}:{key}",
+                                                       rule.window_us, rule.rate)
+                else:
+                    result = await self.backend.take(f"{rule.bucket}:{key}",
+                                                     rule.interval_us, rule.burst)
             except BackendUnavailable:
                 if self.metrics is not None:
                     self.metrics.refused("rate_limit", "backend_unavailable")
@@ -506,11 +664,22 @@ class RateLimit:
                       [(b"retry-after", str(max(1, math.ceil(retry))).encode())])
 
 
+# The ``aws`` body: AWS STS answers throttling with the code ``Throttling`` and the message
+# "Rate exceeded" (as HTTP 400); here it is 429 with Retry-After, like every other refusal of
+# the edge, which AWS SDKs retry either way (they classify by the code).
+AWS_ERRORS = {429: ("Throttling", "Rate exceeded"),
+              503: ("ServiceUnavailable", "the rate limiter is unavailable")}
+
+
 async def _answer(scope: Scope, send: Send, status: int, style: BodyStyle, error: str,
                   detail: str, headers: list[tuple[bytes, bytes]]) -> None:
     request_id = scope.get("state", {}).get("request_id")
     body: Mapping[str, Any]
-    if style == "oauth":
+    if style == "aws":  # bastion.oauth.sts's error shape, AWS's codes
+        code, message = AWS_ERRORS[status]
+        body = {"Error": {"Code": code, "Message": message}, "RequestId": request_id}
+        media = "application/json"
+    elif style == "oauth":
         body = {"error": error, "error_description": detail, "request_id": request_id}
         media = "application/json"
     else:
