@@ -241,7 +241,10 @@ def proxy(tmp: Path, duration: float) -> list[str]:
         assert r.status_code == 200 and r.json() == {"ok": True}, r.text
         targets = [("direct (nginx upstream)", f"http://127.0.0.1:{up}/item"),
                    ("nginx reverse proxy", f"http://127.0.0.1:{px}/item"),
-                   ("Bastion reverse proxy", f"http://127.0.0.1:{bx}/up/item")]
+                   ("Bastion reverse proxy", f"http://127.0.0.1:{bx}/up/item"),
+                   # the same edge answering by itself: the floor of the Python process
+                   ("Bastion's own discovery document (no upstream hop)",
+                    f"http://127.0.0.1:{bx}{RATE_PATH}")]
         results: dict[str, dict[int, dict[str, float]]] = {}
         for c in (1, 32):
             for name, url in targets:

@@ -154,7 +154,73 @@ def upstream() -> Iterator[Upstream]:
         yield up
 
 
-def config_toml(up: Upstream, dead_port: int) -> str:
+OK_REPLY = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+SMUGGLER_REPLIES = {
+    b"/smuggle/cl-te": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked"
+                       b"\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    b"/smuggle/two-lengths": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 9"
+                             b"\r\n\r\nok",
+    b"/smuggle/extra": OK_REPLY + b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled",
+    b"/smuggle/honest": b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nhonest",
+}
+
+
+class Smuggler:
+    """A raw keep-alive HTTP/1.1 upstream answering GETs with the bytes above, byte for
+    byte (no server framework would send them); counts its connections."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while True:
+                while b"\r\n\r\n" not in data:
+                    try:
+                        chunk = conn.recv(65536)
+                    except OSError:
+                        return
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, data = data.partition(b"\r\n\r\n")
+                path = head.split(b" ", 2)[1]
+                conn.sendall(SMUGGLER_REPLIES.get(path, OK_REPLY))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+SMUGGLERS: dict[str, Smuggler] = {}  # by the URL of the live server whose route uses it
+
+
+@pytest.fixture
+def smuggler(live: LiveServer) -> Smuggler:
+    return SMUGGLERS[live.url]
+
+
+def config_toml(up: Upstream, dead_port: int, smuggler_port: int | None = None) -> str:
+    smuggle = "" if smuggler_port is None else f"""
+[[routes]]
+name = "smuggle"
+path_prefix = "/smuggle"
+upstream = "http://127.0.0.1:{smuggler_port}"
+auth = "none"
+timeout = 5
+"""
     return f"""
 # the WAF inspects the first waf_body_limit bytes; the streaming route's bodies go on
 waf_body_unlimited_paths = ["/big"]
@@ -226,19 +292,26 @@ upstream = "{up.url}/v1"
 strip_prefix = true
 action = "inventory:GetItem"
 rate_limits = [{{name = "p", rate = 1, period = 60, burst = 2, key = "principal"}}]
-"""
+""" + smuggle
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[LiveServer]:
+def live(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream
+         ) -> Iterator[LiveServer]:
     tmp = tmp_path_factory.mktemp("proxy")
     config = tmp / "bastion.toml"
-    config.write_text(config_toml(upstream, free_port()))
+    smuggler = Smuggler()
+    config.write_text(config_toml(upstream, free_port(), smuggler.port))
     rules = json.dumps([asdict(r) for r in raised_rate_limits()])
-    yield from start_live_server(tmp, env_over={
-        "BASTION_CONFIG": str(config), "BASTION_RATE_LIMIT_RULES": rules,
-        # the server layer's backstop on any body (1 GiB by default)
-        "BASTION_MAX_REQUEST_BODY_BYTES": str(max(2**30, STREAM_BYTES))})
+    try:
+        for server in start_live_server(tmp, env_over={
+                "BASTION_CONFIG": str(config), "BASTION_RATE_LIMIT_RULES": rules,
+                # the server layer's backstop on any body (1 GiB by default)
+                "BASTION_MAX_REQUEST_BODY_BYTES": str(max(2**30, STREAM_BYTES))}):
+            SMUGGLERS[server.url] = smuggler
+            yield server
+    finally:
+        smuggler.close()
 
 
 def client_token(live: LiveServer, name: str, scope: str, role: str) -> str:
@@ -583,6 +656,33 @@ def test_dead_upstream_is_502_without_internals(live: LiveServer):
     body = assert_problem(r, 502)
     assert body["detail"] == "the upstream could not be reached"
     assert "127.0.0.1" not in r.text and "Connect" not in r.text
+
+
+@pytest.mark.parametrize("path", ["/smuggle/cl-te", "/smuggle/two-lengths"])
+def test_an_upstream_framing_a_response_two_ways_is_502(live: LiveServer, path: str):
+    """RFC 9112 §6.3, §11.2: a response an intermediary could read two ways is refused."""
+    with live.http() as http:
+        body = assert_problem(http.get(path), 502)
+    assert "smuggle" not in json.dumps(body) and "127.0.0.1" not in json.dumps(body)
+
+
+def test_bytes_after_an_upstream_response_never_answer_another_request(
+        live: LiveServer, smuggler: Smuggler):
+    with live.http() as http:
+        r = http.get("/smuggle/extra")
+        assert (r.status_code, r.content) == (200, b"ok")
+        for _ in range(5):
+            r = http.get("/smuggle/honest")
+            assert (r.status_code, r.content) == (200, b"honest")
+
+
+def test_upstream_connections_are_kept_alive(live: LiveServer, smuggler: Smuggler):
+    with live.http() as http:
+        http.get("/smuggle/honest")
+        before = smuggler.connections
+        for _ in range(20):
+            assert http.get("/smuggle/honest").content == b"honest"
+    assert smuggler.connections - before <= 1
 
 
 def test_slow_upstream_is_504(live: LiveServer):

@@ -5,9 +5,10 @@
 
 Each route is a Starlette route whose middleware is the route's rate limits, then (with
 ``auth = "required"``) bearer authentication and IAM authorization of the route's action
-(``edge/authz.Guard``); what passes is forwarded by one pooled ``httpx.AsyncClient``
-(HTTP/1.1), bodies streamed both ways chunk by chunk: the server's flow control and
-httpx's reads bound what is held in memory, never a whole body.
+(``edge/authz.Guard``); what passes is forwarded over one keep-alive pool of HTTP/1.1
+connections (``edge/upstream.py``), bodies streamed both ways chunk by chunk: the server's
+flow control and the pool's read-ahead limit bound what is held in memory, never a whole
+body.
 
 Headers (RFC 9110 §7.6.1): ``Connection``, the fields it names, ``Keep-Alive``, ``TE``,
 ``Trailer``, ``Transfer-Encoding``, ``Upgrade`` and ``Proxy-*`` are hop-by-hop and dropped
@@ -35,10 +36,9 @@ import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import anyio
-import httpx
 from joserfc import jwt
 from joserfc.errors import SecurityWarning
 from starlette.middleware import Middleware
@@ -52,6 +52,14 @@ from bastion.edge.metrics import Refusals
 from bastion.edge.problem import MEDIA_TYPE, problem_body
 from bastion.edge.ratelimit import Backend, RateLimit, Rule
 from bastion.edge.routes import RouteConfig
+from bastion.edge.upstream import (
+    Broken,
+    Origin,
+    Response,
+    Unavailable,
+    UpstreamPool,
+    UpstreamTimeout,
+)
 from bastion.tokens.keys import KeyRing
 from bastion.tokens.verify import VerifiedToken
 
@@ -160,7 +168,7 @@ def _clean_host(value: bytes | None) -> str | None:
     if value is None or len(value) > MAX_HOST:
         return None
     text = value.decode("latin-1")
-    if not all(c.isascii() and c.isprintable() and c not in '"\\ ' for c in text):
+    if not (text.isascii() and text.isprintable()) or any(c in text for c in '"\\ '):
         return None
     return text or None
 
@@ -182,19 +190,16 @@ class Proxy:
         self.limiter = limiter
         self.metrics = metrics
         self.max_connections = max_connections
-        self._client: httpx.AsyncClient | None = None
+        self._pool: UpstreamPool | None = None
 
     @property
-    def client(self) -> httpx.AsyncClient:
-        """The pooled upstream client, made on first use (HTTP/1.1, no redirects followed,
-        no proxy from the environment, none of httpx's default headers)."""
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                http1=True, http2=False, follow_redirects=False, trust_env=False,
-                limits=httpx.Limits(max_connections=self.max_connections,
-                                    max_keepalive_connections=min(self.max_connections, 128)))
-            self._client.headers = httpx.Headers()
-        return self._client
+    def pool(self) -> UpstreamPool:
+        """The upstream connections, made on first use (HTTP/1.1, no redirects followed,
+        no proxy from the environment, no header of its own but ``Host``)."""
+        if self._pool is None:
+            self._pool = UpstreamPool(max_connections=self.max_connections,
+                                      max_idle=min(self.max_connections, 128))
+        return self._pool
 
     def routes(self) -> list[BaseRoute]:
         """One Starlette route per configured route, most specific first (a host before
@@ -205,9 +210,9 @@ class Proxy:
                 for config in sorted(self.configs, key=order)]
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
 
     def _chain(self, config: RouteConfig) -> ASGIApp:
         """The route's layers: limits per IP or client, authentication, limits per
@@ -290,8 +295,10 @@ class Forward:
     def __init__(self, proxy: Proxy, config: RouteConfig) -> None:
         self.proxy = proxy
         self.config = config
-        self.timeout = httpx.Timeout(config.timeout, connect=config.connect_timeout,
-                                     pool=config.connect_timeout)
+        self.origin = Origin.parse(config.upstream)
+        # _target's URL is the upstream URL (scheme://authority/base, no query: routes.py)
+        # and the request's path: the request target is what follows the authority
+        self._origin_len = len(config.upstream) - len(urlsplit(config.upstream).path)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         config = self.config
@@ -313,20 +320,21 @@ class Forward:
         if config.auth == "required":
             await self._audit(scope)
         content = _body(receive, limit) if has_body == "yes" else None
-        request = self.proxy.client.build_request(
-            scope["method"], target, headers=headers, content=content, timeout=self.timeout)
         try:
-            response = await self.proxy.client.send(request, stream=True)
+            response = await self.proxy.pool.request(
+                self.origin, scope["method"], target[self._origin_len:], headers, content,
+                content_length=declared,
+                connect_timeout=config.connect_timeout, read_timeout=config.timeout)
         except _ClientGone:
             return
         except _TooLarge:
             self.proxy.refused("body_too_large")
             await _problem(send, 413, f"the body exceeds {limit} bytes")
             return
-        except httpx.TimeoutException as exc:
+        except UpstreamTimeout as exc:
             await self._failed(send, UpstreamError(504, "upstream_timeout"), exc)
             return
-        except (httpx.TransportError, httpx.InvalidURL) as exc:
+        except Unavailable as exc:
             await self._failed(send, UpstreamError(502, "upstream_unavailable"), exc)
             return
         try:
@@ -373,8 +381,8 @@ class Forward:
                 has_body = "yes"
             elif name == b"host" and host is None:
                 host = value
-        if has_body == "yes" and declared is None:  # chunked in: chunked out
-            headers = [(n, v) for n, v in headers if n != b"content-length"]
+        # the framing is the pool's (Content-Length as declared, or chunked in: chunked out)
+        headers = [(n, v) for n, v in headers if n != b"content-length"]
         # RequestContext's client IP (trusted proxies applied) and the connection's peer
         state = scope.get("state", {})
         req = current_request.get()
@@ -402,6 +410,8 @@ class Forward:
         return headers, declared, has_body
 
     def _principal(self, scope: Scope, request_id: str | None) -> str:
+        # signed per request, never cached: jti and request_id name this one request (an
+        # upstream may refuse a replayed jti); ES256/EdDSA cost ~0.05 ms (docs/edge.md)
         state = scope.get("state", {})
         token = state.get("token")
         principal = state.get("principal")
@@ -448,19 +458,24 @@ class Forward:
                   else "the upstream could not be reached")
         await _problem(send, error.status, detail)
 
-    async def _relay(self, response: httpx.Response, receive: Receive, send: Send) -> None:
+    async def _relay(self, response: Response, receive: Receive, send: Send) -> None:
         """Stream the response; stop reading the upstream as soon as the client is gone
         (the request body is consumed by now: the next message is the disconnect)."""
-        headers = end_to_end(response.headers.raw, frozenset({b"x-request-id"}))
+        headers = end_to_end(response.headers, frozenset({b"x-request-id"}))
         if any(sets_edge_cookie(n, v) for n, v in headers):
             log.warning("proxy %s: the upstream tried to set an edge cookie; dropped",
                         self.config.name)
             headers = [(n, v) for n, v in headers if not sets_edge_cookie(n, v)]
-        if response.headers.get("content-length") is None:
-            headers = [(n, v) for n, v in headers if n != b"content-length"]
-        await send({"type": "http.response.start", "status": response.status_code,
+        await send({"type": "http.response.start", "status": response.status,
                     "headers": headers})
-        broken: httpx.HTTPError | None = None
+        whole = response.buffered()
+        if whole is not None:  # already read to its end: nothing to wait for, no watcher
+            last = whole.pop() if whole else b""
+            for chunk in whole:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": last, "more_body": False})
+            return
+        broken: Broken | None = None
         async with anyio.create_task_group() as group:
             async def watch() -> None:
                 while (await receive())["type"] != "http.disconnect":
@@ -469,12 +484,12 @@ class Forward:
 
             group.start_soon(watch)
             try:
-                async for chunk in response.aiter_raw():
+                async for chunk in response.body():
                     if chunk:
                         await send({"type": "http.response.body", "body": chunk,
                                     "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-            except httpx.HTTPError as exc:
+            except Broken as exc:
                 broken = exc
             group.cancel_scope.cancel()
         if broken is not None:
