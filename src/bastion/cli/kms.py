@@ -5,10 +5,13 @@ root key itself): every command calls ``KMS.call`` with the AWS operation, is au
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
 import sys
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 import typer
 
@@ -295,3 +298,223 @@ def alias_list(data_dir: DataDir = None, as_json: JsonOut = False) -> None:
     out = _call(data_dir, [("ListAliases", {"Limit": 100})])[0]
     _emit(as_json, out["Aliases"], "\n".join(f"{a['AliasName']} -> {a['TargetKeyId']}"
                                              for a in out["Aliases"]) or "no aliases")
+
+
+# --- files of any size: envelope encryption in authenticated chunks (kms/stream.py) ------
+InFile = Annotated[Path, typer.Argument(metavar="INPUT", help="The file to read (- for "
+                                        "standard input).")]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Where to write (- for "
+                                             "standard output).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")]
+SUFFIX = ".bkms"
+
+
+def _stdio(path: Path | None) -> bool:
+    return path is None or str(path) == "-"
+
+
+@contextlib.contextmanager
+def _progress(label: str, total: int | None) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on stderr when stderr is a terminal (else nothing)."""
+    if not err.is_terminal:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(), console=err,
+                  transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _open_in(path: Path) -> BinaryIO:
+    if _stdio(path):
+        return sys.stdin.buffer
+    try:
+        return path.open("rb")
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot read {path}: {exc.strerror}")
+        raise typer.Exit(1) from None
+
+
+def _target(infile: Path, out_path: Path | None, as_json: bool, *, decrypting: bool,
+            force: bool) -> Path | None:
+    """The output path (None: standard output), checked before any key is used."""
+    from bastion.kms.stream import StreamError, fresh_target
+
+    if out_path is None:
+        if _stdio(infile):
+            out_path = Path("-")
+        elif not decrypting:
+            out_path = infile.with_name(infile.name + SUFFIX)
+        elif infile.name.endswith(SUFFIX) and len(infile.name) > len(SUFFIX):
+            out_path = infile.with_name(infile.name[:-len(SUFFIX)])
+        else:
+            err.print(f"[red]error:[/red] {infile} does not end with {SUFFIX}: give --out")
+            raise typer.Exit(2)
+    if _stdio(out_path):
+        if as_json:
+            err.print("[red]error:[/red] --json needs --out FILE (standard output carries "
+                      "the data)")
+            raise typer.Exit(2)
+        return None
+    try:
+        fresh_target(out_path, None if _stdio(infile) else infile, force=force)
+    except StreamError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    return out_path
+
+
+def _done(as_json: bool, summary: dict[str, Any], text: str) -> None:
+    if as_json:
+        _emit(True, summary, "")
+    else:
+        err.print(text)
+
+
+@kms_app.command("encrypt-file")
+def encrypt_file(key: KeyArg, infile: InFile, out_path: OutOpt = None,
+                 context: ContextOpt = None, force: ForceOpt = False,
+                 chunk_size: Annotated[int, typer.Option(
+                     "--chunk-size", help="Plaintext bytes per chunk (1 KiB to 16 MiB).")]
+                 = 1 << 20,
+                 data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Encrypt a file of any size under a fresh data key from KEY (default output:
+    INPUT.bkms). The encryption context is bound to the data key and to every chunk."""
+    from bastion.kms.stream import MAX_CHUNK, MIN_CHUNK, StreamError, atomic_output, encrypt_stream
+
+    if not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
+        err.print(f"[red]error:[/red] --chunk-size must be {MIN_CHUNK} to {MAX_CHUNK}")
+        raise typer.Exit(2)
+    target = _target(infile, out_path, as_json, decrypting=False, force=force)
+    request: dict[str, Any] = {"KeyId": key, "KeySpec": "AES_256"}
+    ctx = _context(context) or {}
+    if ctx:
+        request["EncryptionContext"] = ctx
+    src = _open_in(infile)
+    try:
+        total = None if _stdio(infile) else os.fstat(src.fileno()).st_size
+        dk = _call(data_dir, [("GenerateDataKey", request)])[0]
+        with _progress("encrypting", total) as progress, atomic_output(target) as dst:
+            size = encrypt_stream(src, dst, data_key=base64.b64decode(dk["Plaintext"]),
+                                  key_id=dk["KeyId"],
+                                  wrapped_key=base64.b64decode(dk["CiphertextBlob"]),
+                                  context=ctx, chunk_size=chunk_size, progress=progress)
+    except StreamError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot write the output: {exc.strerror}")
+        raise typer.Exit(1) from None
+    finally:
+        if src is not sys.stdin.buffer:
+            src.close()
+    _done(as_json, {"KeyId": dk["KeyId"], "Bytes": size, "Output": str(target or "-"),
+                    "EncryptionContext": ctx},
+          f"encrypted {size} bytes under {dk['KeyId']} -> {target or 'stdout'}")
+
+
+@kms_app.command("decrypt-file")
+def decrypt_file(infile: InFile, out_path: OutOpt = None,
+                 key: Annotated[str | None, typer.Option(
+                     "--key", help="The key the file must be under (IncorrectKeyException "
+                     "otherwise).")] = None,
+                 context: Annotated[list[str] | None, typer.Option(
+                     "--context", metavar="KEY=VALUE", help="A pair the file's encryption "
+                     "context must hold (repeatable).")] = None,
+                 force: ForceOpt = False, data_dir: DataDir = None,
+                 as_json: JsonOut = False) -> None:
+    """Decrypt a file from encrypt-file (default output: INPUT without .bkms). The output
+    appears only once every chunk verified; on standard output a failure is the exit
+    status, and what was printed must be discarded."""
+    from bastion.kms.stream import StreamError, atomic_output, decrypt_stream, read_header
+
+    target = _target(infile, out_path, as_json, decrypting=True, force=force)
+    expected = _context(context) or {}
+    src = _open_in(infile)
+    try:
+        total = None if _stdio(infile) else os.fstat(src.fileno()).st_size
+        header = read_header(src)
+        wrong = sorted(k for k, v in expected.items()
+                       if k not in header.context or header.context[k] != v)
+        if wrong:
+            raise StreamError("the file's encryption context does not hold the expected "
+                              f"pairs for {', '.join(map(repr, wrong))}")
+        request: dict[str, Any] = {"CiphertextBlob": base64.b64encode(
+            header.wrapped_key).decode()}
+        if header.context:
+            request["EncryptionContext"] = header.context
+        if key:
+            request["KeyId"] = key
+        dk = _call(data_dir, [("Decrypt", request)])[0]
+        with _progress("decrypting", total) as progress, atomic_output(target) as dst:
+            size = decrypt_stream(src, dst, header, base64.b64decode(dk["Plaintext"]),
+                                  progress=progress)
+    except StreamError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot write the output: {exc.strerror}")
+        raise typer.Exit(1) from None
+    finally:
+        if src is not sys.stdin.buffer:
+            src.close()
+    _done(as_json, {"KeyId": dk["KeyId"], "Bytes": size, "Output": str(target or "-"),
+                    "EncryptionContext": header.context},
+          f"decrypted {size} bytes under {dk['KeyId']} -> {target or 'stdout'}")
+
+
+@kms_app.command("migrate-root")
+def migrate_root(to: Annotated[str, typer.Option(
+                     "--to", help="The root keeper to move to: pkcs11 or file (its settings "
+                     "as for `bastion serve`).")],
+                 data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Re-wrap every key version under another root keeper (data is not re-encrypted);
+    crash-safe: run it again to finish. Then set root_keeper to the new keeper."""
+    from bastion.kms.migrate import MigrationError
+    from bastion.kms.migrate import migrate_root as run_migration
+    from bastion.kms.root import RootUnavailable, RootUnwrapError, open_root_keeper
+
+    if to not in ("pkcs11", "file"):
+        err.print("[red]error:[/red] --to takes pkcs11 or file")
+        raise typer.Exit(2)
+    settings = _settings(data_dir=data_dir)
+    who = operator()
+
+    async def job(p: Any) -> Any:
+        try:
+            target = open_root_keeper(settings.model_copy(update={"root_keeper": to}))
+        except RootUnavailable as exc:
+            return f"the new root key is unavailable: {exc}"
+        try:
+            report = await run_migration(p.kms.fast, p.kms.keeper, target)
+        except (MigrationError, RootUnavailable) as exc:
+            return str(exc)
+        except RootUnwrapError:
+            return "some key material does not open under the current root key"
+        finally:
+            target.close()
+        await p.kms.audit.emit(
+            "UpdateConfiguration", user_identity={**who, "accountId": settings.account_id},
+            request_parameters={"rootKeeper": {"from": report.source, "to": report.target}},
+            response_elements={"keyVersions": report.versions, "staged": report.staged,
+                               "switched": report.switched, "dropped": report.dropped})
+        return report
+
+    result = _run(settings, job)
+    if isinstance(result, str):
+        err.print(f"[red]error:[/red] {result}")
+        raise typer.Exit(1)
+    _emit(as_json, {"From": result.source, "To": result.target, "KeyVersions": result.versions,
+                    "Rewrapped": result.switched, "DroppedOldWrappings": result.dropped},
+          f"{result.versions} key versions now wrapped by the {result.target} root "
+          f"({result.switched} re-wrapped); set BASTION_ROOT_KEEPER={result.target} "
+          "before starting bastion serve again")

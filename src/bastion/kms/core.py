@@ -287,8 +287,12 @@ class Core:
         if row is None:
             raise NotFoundException("key version not found")
         keeper, wrapped, _public = row
-        if keeper != self.keeper.name:
-            raise KMSInternalException("the key material is wrapped by another root keeper")
+        if keeper != self.keeper.name:  # mid root migration, the other wrapping is kept
+            other = await db.other_wrapping(self.fast, rec.id, number, self.keeper.name)
+            if other is None:
+                raise KMSInternalException("the key material is wrapped by another root "
+                                           "keeper")
+            wrapped = other
         try:
             secret = await self.keeper.unwrap(wrapped, wrap_context(rec.id, number))
         except RootUnavailable:

@@ -52,6 +52,15 @@ async def alias_target(db: Reader, name: str) -> str | None:
     return None if row is None else str(row[0])
 
 
+async def other_wrapping(db: Reader, key_id: str, number: int, keeper: str) -> bytes | None:
+    """A version's material wrapped by ``keeper`` in ``kms_root_wrappings`` (while a root
+    migration is staged or not yet dropped: kms/migrate.py)."""
+    row = await db.one("SELECT material FROM kms_root_wrappings WHERE key_id = :id AND "
+                       "version = :version AND keeper = :keeper", id=key_id, version=number,
+                       keeper=keeper)
+    return None if row is None else bytes(row[0])
+
+
 async def version(db: Reader, key_id: str, number: int) -> tuple[str, bytes, bytes | None] | None:
     row = await db.one(VERSION_SQL, id=key_id, version=number)
     if row is None:
@@ -169,6 +178,7 @@ async def delete_key(tx: Tx, key_id: str) -> int:
                            "state = 'PendingDeletion'", id=key_id)
     if deleted:  # the foreign keys cascade; said again for databases that do not enforce
         await tx.run("DELETE FROM kms_key_versions WHERE key_id = :id", id=key_id)
+        await tx.run("DELETE FROM kms_root_wrappings WHERE key_id = :id", id=key_id)
         await tx.run("DELETE FROM kms_aliases WHERE key_id = :id", id=key_id)
         await tx.run("DELETE FROM kms_tags WHERE key_id = :id", id=key_id)
         await tx.run("DELETE FROM kms_grants WHERE key_id = :id", id=key_id)

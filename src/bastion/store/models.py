@@ -406,3 +406,17 @@ class KmsGrant(Base):
     constraints: Mapped[str | None] = mapped_column(Text)
     issuer: Mapped[str] = mapped_column(String(256))  # the principal that created it
     created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class KmsRootWrapping(Base):
+    """Key material wrapped by another root keeper than the one in ``kms_key_versions``:
+    during ``bastion kms migrate-root`` the new wrappings are staged here, and after the
+    switch the old ones wait here until dropped, so either root decrypts everything at any
+    point of a crash (kms/migrate.py)."""
+
+    __tablename__ = "kms_root_wrappings"
+    key_id: Mapped[str] = mapped_column(ForeignKey("kms_keys.id", ondelete="CASCADE"),
+                                        primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    keeper: Mapped[str] = mapped_column(String(16), primary_key=True)  # file | pkcs11
+    material: Mapped[bytes] = mapped_column(LargeBinary)
