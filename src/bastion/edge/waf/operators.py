@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import ipaddress
+import unicodedata
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -51,14 +52,25 @@ METADATA_NAMES = frozenset({
     "metadata.google.internal", "metadata", "metadata.goog", "instance-data",
     "instance-data.ec2.internal", "metadata.azure.com", "kubernetes.default.svc",
     "kubernetes.default", "localhost", "localhost.localdomain", "ip6-localhost",
-    "ip6-loopback"})
+    "ip6-loopback", "metadata.packet.net", "metadata.platformequinix.com",
+    "metadata.tencentyun.com", "metadata.oraclecloud.com", "host.docker.internal",
+    "gateway.docker.internal", "host.containers.internal"})
+# suffixes of names that only resolve inside a cloud network or a cluster
+INTERNAL_SUFFIXES = (".localhost", ".internal", ".cluster.local", ".svc")
 METADATA_IPS = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe80::/10"),
                 ipaddress.ip_network("100.100.100.200/32"),  # Alibaba Cloud
                 ipaddress.ip_network("fd00:ec2::254/128"),  # AWS IMDS over IPv6
                 ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"),
                 ipaddress.ip_network("0.0.0.0/32"), ipaddress.ip_network("::/128"))
 SCHEMES = ("http", "https", "ftp", "gopher", "dict", "ldap", "tftp", "file", "jar", "netdoc",
-           "ws", "wss", "sftp", "smb")
+           "ws", "wss", "sftp", "smb", "ftps", "ldaps", "acap", "imap", "imaps", "pop3",
+           "pop3s", "smtp", "irc", "ssh", "telnet", "rtmp", "rtsp", "nntp", "redis", "mysql",
+           "postgres", "postgresql", "mongodb", "memcached", "rmi", "vnc", "xmpp", "svn",
+           "git")
+SCHEME_SET = frozenset(SCHEMES)
+# full stops a URL parser (IDNA) reads as "."
+DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
+HOST_END = frozenset("/?#@ \t\r\n\"'<>`,;|{}^&")
 
 
 def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
@@ -73,6 +85,9 @@ def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
         try:
             if p.startswith("0x"):
                 n = int(p[2:] or "0", 16)
+                if len(parts) == 1 and len(p) > 10:  # parsers keep the low 32 bits
+                    n &= 0xFFFFFFFF
+                    p = p[:2] + p[-8:]
             elif len(p) > 1 and p.startswith("0"):
                 n = int(p, 8)
             else:
@@ -101,7 +116,7 @@ def internal_host(host: str) -> bool:
     host = host.partition("%")[0]  # an IPv6 zone id
     if not host:
         return False
-    if host in METADATA_NAMES or host.endswith(".localhost"):
+    if host in METADATA_NAMES or host.endswith(INTERNAL_SUFFIXES):
         return True
     addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None
     try:
@@ -123,12 +138,71 @@ def internal_host(host: str) -> bool:
     return any(addr in net for net in METADATA_IPS)
 
 
+def _normal(value: str) -> str:
+    """What a URL parser sees: compatibility forms folded (``①`` is ``1``, ``ⓛ`` is ``l``,
+    full-width letters), ideographic full stops read as ``.``, backslashes dropped."""
+    if not value.isascii():
+        value = unicodedata.normalize("NFKC", value).translate(DOTS)
+    return value.replace("\\", "") if "\\" in value else value
+
+
+def _host_of(hostport: str) -> str:
+    if hostport.startswith("["):
+        return hostport.partition("]")[0] + "]"
+    return hostport.rsplit(":", 1)[0] if hostport.count(":") == 1 else hostport
+
+
+def _opaque_hosts(low: str) -> list[tuple[str, str]]:
+    """Hosts of ``scheme:host`` and ``scheme:/host`` (no ``//``), which lenient parsers
+    and redirects still follow."""
+    out: list[tuple[str, str]] = []
+    i = low.find(":")
+    while i > 0 and len(out) < 16:
+        begin = i
+        while begin > 0 and low[begin - 1].isalnum():
+            begin -= 1
+        scheme = low[begin:i]
+        rest = low[i + 1:]
+        if scheme in SCHEME_SET and not rest.startswith("//"):
+            rest = rest[1:] if rest.startswith("/") else rest
+            end = 0
+            while end < len(rest) and rest[end] not in HOST_END:
+                end += 1
+            out.append((scheme, _host_of(rest[:end])))
+        i = low.find(":", i + 1)
+    return out
+
+
 def ssrf(value: str) -> str | None:
     """The first URL in ``value`` (a whole value ``scheme://...``, or one after ``=``,
-    whitespace or a quote) whose host is internal; the evidence is the host."""
+    whitespace or a quote; also ``scheme:host`` without slashes) whose host is internal,
+    or, in a value with a URL, an internal host after any ``@`` (parser confusion such as
+    ``http://a.com &@127.0.0.1/``); the evidence is the host."""
+    value = _normal(value)
     low = value.lower()
-    if "://" not in low and not low.startswith("//"):
-        return None
+    has_url = "://" in low or low.startswith("//")
+    if has_url:
+        found = _slashed(value, low)
+        if found:
+            return found
+        at = low.find("@")
+        for _ in range(16):
+            if at < 0:
+                break
+            end = at + 1
+            while end < len(low) and low[end] not in HOST_END and low[end] not in ":":
+                end += 1
+            if internal_host(low[at + 1:end]):
+                return f"@{low[at + 1:end]}"[:80]
+            at = low.find("@", at + 1)
+    if ":" in low:
+        for scheme, host in _opaque_hosts(low):
+            if internal_host(url_decode(host, plus=False)):
+                return f"{scheme}:{host}"[:80]
+    return None
+
+
+def _slashed(value: str, low: str) -> str | None:
     start = 0
     for _ in range(16):  # at most 16 URLs per value
         i = low.find("//", start)
@@ -142,18 +216,14 @@ def ssrf(value: str) -> str | None:
         while end < len(low) and low[end] not in " \t\r\n\"'<>`,;|{}^\\":
             end += 1
         start = end
-        if scheme and scheme not in SCHEMES:
+        if scheme and scheme not in SCHEME_SET:
             continue
         candidate = url_decode(value[i:end], plus=False)
         try:
             netloc = urlsplit(candidate).netloc
         except ValueError:
             netloc = candidate[2:].split("/", 1)[0]
-        hostport = netloc.rpartition("@")[2]
-        if hostport.startswith("["):
-            host = hostport.partition("]")[0] + "]"
-        else:
-            host = hostport.rsplit(":", 1)[0] if hostport.count(":") == 1 else hostport
+        host = _host_of(netloc.rpartition("@")[2])
         if internal_host(host):
             return f"{scheme or '//'}://{host}"[:80]
     return None
@@ -196,7 +266,7 @@ OPERATORS: dict[str, tuple[Operator, frozenset[str] | None]] = {
     # name: (function, gate: characters at least one of which a value needs)
     "detectSQLi": (_lazy("sqli", "detect_sqli"), SQLI_GATE),
     "detectXSS": (_lazy("xss", "detect_xss"), XSS_GATE),
-    "ssrf": (ssrf, frozenset("/")),
+    "ssrf": (ssrf, frozenset("/:")),
     "log4shell": (log4shell, frozenset("$")),
 }
 MODULES = {"detectSQLi": "sqli", "detectXSS": "xss"}
