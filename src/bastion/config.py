@@ -200,6 +200,15 @@ class Settings(BaseSettings):
                                 "fails (default: refuse with 503); logged and audited "
                                 "either way.")
 
+    # --- WAF: OWASP Core Rule Set (edge/waf/crs; docs/waf.md "OWASP CRS") -------------
+    waf_crs_dir: Path | None = Field(None, description="A CRS directory (Debian's "
+                                     "/usr/share/modsecurity-crs, or a CRS v4 checkout) "
+                                     "whose crs-setup.conf and rules/*.conf are loaded; "
+                                     "none: Bastion's own pack only.")
+    waf_rulesets: Literal["crs", "both"] = Field(
+        "both", description="With waf_crs_dir: crs runs the CRS alone, both runs it and "
+        "Bastion's pack (a request is refused when either refuses it).")
+
     # --- tokens ------------------------------------------------------------------------
     signing_alg: SigningAlg = Field("ES256", description="Algorithm of new signing keys.")
     access_token_ttl: int = Field(900, ge=30, le=86400, description="Access token lifetime, "

@@ -146,11 +146,18 @@ def rules(
                                                  help="Only the rules active at this "
                                                  "level (default: all, with their "
                                                  "level).")] = None,
+    crs: Annotated[Path | None, typer.Option("--crs", help="A CRS directory to report on "
+                                             "(default: the setting waf_crs_dir).")] = None,
     as_json: JsonOut = False,
 ) -> None:
-    """The loaded rules and their counts per family."""
+    """The loaded rules and their counts per family; with a CRS directory, which CRS rules
+    loaded and which were skipped, and why."""
     from bastion.edge.waf import Waf, WafConfig, load_rules
 
+    crs_dir = crs or _settings().waf_crs_dir
+    if crs_dir is not None:
+        _crs_rules(crs_dir, paranoia or 1, as_json)
+        return
     everything = load_rules()
     waf = Waf(WafConfig(paranoia=paranoia or 4, rules=everything))
     active = waf.rules
@@ -173,3 +180,29 @@ def rules(
         counts.items())), markup=False)
     for rule_id, why in sorted(waf.skipped.items()):
         out.print(f"skipped {rule_id}: {why}", markup=False)
+
+
+def _crs_rules(directory: Path, paranoia: int, as_json: bool) -> None:
+    from bastion.edge.waf.crs import load_crs
+    from bastion.edge.waf.crs.parser import SecLangError
+
+    try:
+        ruleset = load_crs(directory, paranoia=paranoia)
+    except (ValueError, SecLangError) as exc:
+        err.print(f"[red]error:[/red] {exc}", markup=True)
+        raise typer.Exit(2) from None
+    reasons = ruleset.reasons()
+    if as_json:
+        out.print(json.dumps({
+            "directory": str(directory), "version": ruleset.version,
+            "files": [str(f) for f in ruleset.files], "loaded": len(ruleset.loaded),
+            "skipped": len(ruleset.skipped),
+            "loaded_ids": [r.id for r in ruleset.loaded],
+            "skipped_by_reason": {why: ids for why, ids in sorted(reasons.items())},
+        }, indent=2))
+        return
+    out.print(f"{ruleset.version or 'CRS'} in {directory}: {len(ruleset.loaded)} rules "
+              f"loaded, {len(ruleset.skipped)} skipped", markup=False)
+    for why, ids in sorted(reasons.items(), key=lambda kv: -len(kv[1])):
+        shown = ", ".join(ids[:8]) + (", ..." if len(ids) > 8 else "")
+        out.print(f"  {len(ids):>4} skipped: {why} ({shown})", markup=False)

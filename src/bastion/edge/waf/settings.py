@@ -58,10 +58,18 @@ def exclusions(settings: Settings) -> list[Exclusion]:
 
 def build_waf(settings: Settings) -> Waf:
     """The engine for ``settings`` (compiles every pattern: build once)."""
-    return Waf(WafConfig(paranoia=settings.waf_paranoia,
-                         inbound_threshold=settings.waf_inbound_threshold,
-                         body_limit=settings.waf_body_limit,
-                         exclusions=exclusions(settings)))
+    config = WafConfig(paranoia=settings.waf_paranoia,
+                       inbound_threshold=settings.waf_inbound_threshold,
+                       body_limit=settings.waf_body_limit,
+                       exclusions=exclusions(settings))
+    if settings.waf_crs_dir is None:
+        return Waf(config)
+    from bastion.edge.waf.crs import CombinedWaf, CrsWaf, load_crs
+
+    ruleset = load_crs(settings.waf_crs_dir, paranoia=settings.waf_paranoia, tx={
+        "inbound_anomaly_score_threshold": str(settings.waf_inbound_threshold)})
+    return CombinedWaf(config, CrsWaf(ruleset, body_limit=settings.waf_body_limit),
+                       rulesets=settings.waf_rulesets)
 
 
 def middleware_options(settings: Settings) -> dict[str, Any]:
