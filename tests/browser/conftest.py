@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import html
 import itertools
+import json
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Playwright, sync_playwright
 
+from tests.conftest import raised_rate_limits
 from tests.live import LiveServer, free_port, start_live_server
 
 CHROMIUM = "/usr/bin/chromium"
@@ -96,7 +98,11 @@ def relying_party() -> Iterator[RelyingParty]:
 
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    yield from start_live_server(tmp_path_factory.mktemp("bastion-live"))
+    # one server for every browser test of the session: more sign-ins from 127.0.0.1 than a
+    # person makes, so the limits are raised (they stay on)
+    rules = json.dumps([asdict(r) for r in raised_rate_limits()])
+    yield from start_live_server(tmp_path_factory.mktemp("bastion-live"),
+                                 env_over={"BASTION_RATE_LIMIT_RULES": rules})
 
 
 # module scope: Playwright's sync API keeps an event loop running in this thread while it is

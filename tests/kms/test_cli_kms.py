@@ -106,16 +106,27 @@ def test_unavailable_root_is_a_clear_error(tmp_path: Path):
 # --- encrypt-file / decrypt-file ------------------------------------------------------------
 def _bastion_rss(*args: str, data: Path) -> tuple[int, int]:
     """Run ``bastion ARGS`` and return (exit status, peak RSS in KiB) of that process."""
-    import os
     import subprocess
+    import time
 
     from tests.test_cli import BASTION
 
+    # VmHWM of the process's own address space: ru_maxrss would carry pytest's own peak,
+    # which Linux keeps across fork and exec
     proc = subprocess.Popen([BASTION, *args, "--data-dir", str(data)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_maxrss
+    peak = 0
+    status_file = f"/proc/{proc.pid}/status"
+    while proc.poll() is None:
+        try:
+            with open(status_file) as fh:
+                for line in fh:
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]))
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.01)
+    return proc.returncode, peak
 
 
 def test_encrypt_file_100_mib_round_trip_in_bounded_memory(tmp_path: Path):
