@@ -11,14 +11,10 @@ import hashlib
 import html
 import os
 import re
-import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from prometheus_client import generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -32,6 +28,7 @@ from bastion.edge.metrics import Metrics
 from bastion.edge.request import RequestContext
 from bastion.edge.shed import Shed
 from bastion.kms import KeyWrapper
+from tests.edge.uvicorn_thread import served
 
 pytestmark = pytest.mark.anyio
 KEY = derive_key(KeyWrapper(os.urandom(32)).keyed_hash)
@@ -60,25 +57,6 @@ def make_app(*, shed: dict[str, Any] | None = None, **options: Any) -> Starlette
     middleware.append(Middleware(Challenge, **options))
     return Starlette(routes=[Route("/{path:path}", page, methods=["GET", "POST"])],
                      middleware=middleware)
-
-
-@asynccontextmanager
-async def served(app: Starlette) -> AsyncIterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off",
-                                           log_level="critical", proxy_headers=False))
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 def client(base: str, source: str = "127.0.0.1") -> httpx.AsyncClient:

@@ -7,14 +7,12 @@ in aggregate. And Bastion's app has the shedder in the right place."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -24,6 +22,7 @@ from starlette.routing import Route
 from bastion.edge.counters import EdgeCounters
 from bastion.edge.request import RequestContext
 from bastion.edge.shed import Shed
+from tests.edge.uvicorn_thread import served as uvicorn_served
 
 pytestmark = pytest.mark.anyio
 
@@ -64,24 +63,10 @@ def make_app(slow: Slow, **shed: Any) -> Starlette:
 
 @asynccontextmanager
 async def served(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off",
-                                           log_level="critical", proxy_headers=False))
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
+    async with uvicorn_served(app) as base:
         limits = httpx.Limits(max_connections=100)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10,
-                                     limits=limits) as client:
+        async with httpx.AsyncClient(base_url=base, timeout=10, limits=limits) as client:
             yield client
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def until(condition: Any, within: float = 5.0) -> None:

@@ -1,18 +1,40 @@
 """A real uvicorn with Bastion's guarded protocol, in a thread with its own event loop, on a
-free loopback port; and raw-socket helpers for clients that misbehave on purpose."""
+free loopback port; a plain uvicorn as a task on the test's own loop (``served``); and
+raw-socket helpers for clients that misbehave on purpose."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import uvicorn
 
 from bastion.edge.server import ServerLimits, protocol_class
+
+
+@asynccontextmanager
+async def served(app: Any) -> AsyncIterator[str]:
+    """Serve ``app`` with a plain uvicorn on the running loop; yields its base URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off",
+                                           log_level="critical", proxy_headers=False))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
 
 
 @contextmanager

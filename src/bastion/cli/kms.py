@@ -380,34 +380,15 @@ def _done(as_json: bool, summary: dict[str, Any], text: str) -> None:
         err.print(text)
 
 
-@kms_app.command("encrypt-file")
-def encrypt_file(key: KeyArg, infile: InFile, out_path: OutOpt = None,
-                 context: ContextOpt = None, force: ForceOpt = False,
-                 chunk_size: Annotated[int, typer.Option(
-                     "--chunk-size", help="Plaintext bytes per chunk (1 KiB to 16 MiB).")]
-                 = 1 << 20,
-                 data_dir: DataDir = None, as_json: JsonOut = False) -> None:
-    """Encrypt a file of any size under a fresh data key from KEY (default output:
-    INPUT.bkms). The encryption context is bound to the data key and to every chunk."""
-    from bastion.kms.stream import MAX_CHUNK, MIN_CHUNK, StreamError, atomic_output, encrypt_stream
+@contextlib.contextmanager
+def _streaming(infile: Path) -> Iterator[BinaryIO]:
+    """The opened input of encrypt-file/decrypt-file; a stream or write failure is one
+    error line and exit status 1; the input is closed (standard input is left open)."""
+    from bastion.kms.stream import StreamError
 
-    if not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
-        err.print(f"[red]error:[/red] --chunk-size must be {MIN_CHUNK} to {MAX_CHUNK}")
-        raise typer.Exit(2)
-    target = _target(infile, out_path, as_json, decrypting=False, force=force)
-    request: dict[str, Any] = {"KeyId": key, "KeySpec": "AES_256"}
-    ctx = _context(context) or {}
-    if ctx:
-        request["EncryptionContext"] = ctx
     src = _open_in(infile)
     try:
-        total = None if _stdio(infile) else os.fstat(src.fileno()).st_size
-        dk = _call(data_dir, [("GenerateDataKey", request)])[0]
-        with _progress("encrypting", total) as progress, atomic_output(target) as dst:
-            size = encrypt_stream(src, dst, data_key=base64.b64decode(dk["Plaintext"]),
-                                  key_id=dk["KeyId"],
-                                  wrapped_key=base64.b64decode(dk["CiphertextBlob"]),
-                                  context=ctx, chunk_size=chunk_size, progress=progress)
+        yield src
     except StreamError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -417,6 +398,35 @@ def encrypt_file(key: KeyArg, infile: InFile, out_path: OutOpt = None,
     finally:
         if src is not sys.stdin.buffer:
             src.close()
+
+
+@kms_app.command("encrypt-file")
+def encrypt_file(key: KeyArg, infile: InFile, out_path: OutOpt = None,
+                 context: ContextOpt = None, force: ForceOpt = False,
+                 chunk_size: Annotated[int, typer.Option(
+                     "--chunk-size", help="Plaintext bytes per chunk (1 KiB to 16 MiB).")]
+                 = 1 << 20,
+                 data_dir: DataDir = None, as_json: JsonOut = False) -> None:
+    """Encrypt a file of any size under a fresh data key from KEY (default output:
+    INPUT.bkms). The encryption context is bound to the data key and to every chunk."""
+    from bastion.kms.stream import MAX_CHUNK, MIN_CHUNK, atomic_output, encrypt_stream
+
+    if not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
+        err.print(f"[red]error:[/red] --chunk-size must be {MIN_CHUNK} to {MAX_CHUNK}")
+        raise typer.Exit(2)
+    target = _target(infile, out_path, as_json, decrypting=False, force=force)
+    request: dict[str, Any] = {"KeyId": key, "KeySpec": "AES_256"}
+    ctx = _context(context) or {}
+    if ctx:
+        request["EncryptionContext"] = ctx
+    with _streaming(infile) as src:
+        total = None if _stdio(infile) else os.fstat(src.fileno()).st_size
+        dk = _call(data_dir, [("GenerateDataKey", request)])[0]
+        with _progress("encrypting", total) as progress, atomic_output(target) as dst:
+            size = encrypt_stream(src, dst, data_key=base64.b64decode(dk["Plaintext"]),
+                                  key_id=dk["KeyId"],
+                                  wrapped_key=base64.b64decode(dk["CiphertextBlob"]),
+                                  context=ctx, chunk_size=chunk_size, progress=progress)
     _done(as_json, {"KeyId": dk["KeyId"], "Bytes": size, "Output": str(target or "-"),
                     "EncryptionContext": ctx},
           f"encrypted {size} bytes under {dk['KeyId']} -> {target or 'stdout'}")
@@ -439,8 +449,7 @@ def decrypt_file(infile: InFile, out_path: OutOpt = None,
 
     target = _target(infile, out_path, as_json, decrypting=True, force=force)
     expected = _context(context) or {}
-    src = _open_in(infile)
-    try:
+    with _streaming(infile) as src:
         total = None if _stdio(infile) else os.fstat(src.fileno()).st_size
         header = read_header(src)
         wrong = sorted(k for k, v in expected.items()
@@ -458,15 +467,6 @@ def decrypt_file(infile: InFile, out_path: OutOpt = None,
         with _progress("decrypting", total) as progress, atomic_output(target) as dst:
             size = decrypt_stream(src, dst, header, base64.b64decode(dk["Plaintext"]),
                                   progress=progress)
-    except StreamError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
-    except OSError as exc:
-        err.print(f"[red]error:[/red] cannot write the output: {exc.strerror}")
-        raise typer.Exit(1) from None
-    finally:
-        if src is not sys.stdin.buffer:
-            src.close()
     _done(as_json, {"KeyId": dk["KeyId"], "Bytes": size, "Output": str(target or "-"),
                     "EncryptionContext": header.context},
           f"decrypted {size} bytes under {dk['KeyId']} -> {target or 'stdout'}")

@@ -136,10 +136,8 @@ def test_benign_traffic_has_the_hard_cases() -> None:
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["PL1", "PL2"])
 def outcomes(request: pytest.FixtureRequest) -> tuple[int, dict[str, bool]]:
-    try:
-        from bastion.edge import waf as engine
-    except ImportError as exc:
-        pytest.skip(f"bastion.edge.waf is not importable yet (issue 9's engine): {exc}")
+    from bastion.edge import waf as engine
+
     level: int = request.param
     waf = engine.Waf(engine.WafConfig(paranoia=level, inbound_threshold=5, body_limit=131072,
                                       exclusions=()))
