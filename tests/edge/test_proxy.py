@@ -278,6 +278,14 @@ auth = "none"
 rate_limits = [{{name = "tight", rate = 1, period = 60, burst = 3}}]
 
 [[routes]]
+name = "windowed"
+path_prefix = "/windowed"
+upstream = "{up.url}/v1"
+strip_prefix = true
+auth = "none"
+rate_limits = [{{name = "w", rate = 2, period = 60, algorithm = "sliding_window"}}]
+
+[[routes]]
 name = "by-host"
 host = "*.shadow.test"
 path_prefix = "/"
@@ -705,6 +713,16 @@ def test_route_rate_limit_is_429_with_ratelimit_headers(live: LiveServer):
     assert last.headers["ratelimit-policy"] == '"limited-tight";q=1;w=60;bastion-burst=3'
 
 
+def test_route_sliding_window_limit(live: LiveServer):
+    with live.http() as http:
+        codes = [http.get("/windowed/echo").status_code for _ in range(4)]
+        last = http.get("/windowed/echo")
+    assert codes == [200, 200, 429, 429]
+    assert last.headers["ratelimit-policy"] == '"windowed-w";q=2;w=60'
+    assert int(last.headers["retry-after"]) >= 1
+    assert_problem(last, 429)
+
+
 def test_route_rate_limit_per_principal(live: LiveServer, admin_token: str):
     other = client_token(live, "proxy-admin-2", "bastion:admin", "admin")
     with live.http() as http:
@@ -777,6 +795,11 @@ BASE = {"name": "r", "path_prefix": "/api", "upstream": "http://127.0.0.1:9000",
      "needs auth = required"),
     ({"name": "a" * 30, "rate_limits": [{"name": "limit", "rate": 1, "period": 1, "burst": 1}]},
      "rate limit name"),
+    ({"rate_limits": [{"name": "x", "rate": 1, "period": 1}]}, "gcra needs a burst"),
+    ({"rate_limits": [{"name": "x", "rate": 5, "period": 1, "burst": 2,
+                       "algorithm": "sliding_window"}]}, "burst does not apply"),
+    ({"rate_limits": [{"name": "x", "rate": 5, "period": 1, "algorithm": "leaky"}]},
+     "algorithm"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_routes_are_refused_with_a_clear_message(tmp_path, monkeypatch, over, message):
     route = {k: v for k, v in {**BASE, **over}.items() if v is not None}

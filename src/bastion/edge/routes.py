@@ -38,11 +38,13 @@ PATH_CHARS = frozenset(string.ascii_letters + string.digits + "/-._~!$&'()*+,;=:
 
 
 class RouteLimit(BaseModel):
-    """A rate limit of one route (GCRA, ``edge/ratelimit.Rule``): ``rate`` requests per
-    ``period`` seconds with ``burst`` at once, per client IP (counted before
-    authentication), per OAuth client id of HTTP Basic credentials (``key = "client"``), or
-    per authenticated principal (``key = "principal"``, counted after authentication and
-    before authorization; ``auth = "required"`` routes only)."""
+    """A rate limit of one route (``edge/ratelimit.Rule``): ``rate`` requests per ``period``
+    seconds, per client IP (counted before authentication), per OAuth client id of HTTP
+    Basic credentials (``key = "client"``), or per authenticated principal (``key =
+    "principal"``, counted after authentication and before authorization; ``auth =
+    "required"`` routes only). ``algorithm = "gcra"`` (the default) admits ``burst`` at
+    once, then the steady rate; ``"sliding_window"`` admits at most ``rate`` in any
+    ``period`` and takes no ``burst``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -50,14 +52,25 @@ class RouteLimit(BaseModel):
                       "RateLimit headers as <route>-<name> (at most 32 characters).")
     rate: int = Field(ge=1)
     period: int = Field(ge=1)
-    burst: int = Field(ge=1)
+    burst: int | None = Field(None, ge=1, description="Required for gcra; not for "
+                              "sliding_window.")
     methods: tuple[str, ...] = ()
     key: Literal["ip", "client", "principal"] = "ip"
+    algorithm: Literal["gcra", "sliding_window"] = "gcra"
+
+    @model_validator(mode="after")
+    def _burst(self) -> RouteLimit:
+        if self.algorithm == "gcra" and self.burst is None:
+            raise ValueError(f"rate limit {self.name}: gcra needs a burst")
+        if self.algorithm == "sliding_window" and self.burst not in (None, self.rate):
+            raise ValueError(f"rate limit {self.name}: burst does not apply to a "
+                             "sliding_window (up to rate at once); leave it unset")
+        return self
 
     def rule(self, route: str) -> Rule:
         """The ``Rule`` counting this limit inside its route (every path of the route)."""
-        return Rule(f"{route}-{self.name}", ("/",), self.rate, self.period, self.burst,
-                    methods=self.methods, key=self.key)
+        return Rule(f"{route}-{self.name}", ("/",), self.rate, self.period, self.burst or 0,
+                    methods=self.methods, key=self.key, algorithm=self.algorithm)
 
 
 class RouteConfig(BaseModel):
