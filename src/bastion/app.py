@@ -47,6 +47,7 @@ from bastion.oidc.discovery import discovery_endpoint, jwks_endpoint
 from bastion.oidc.logout import logout_endpoint
 from bastion.oidc.userinfo import userinfo_endpoint
 from bastion.orders import api as orders_api
+from bastion.pki.http import PkiHttp
 from bastion.store.kv import RedisKV
 
 
@@ -166,6 +167,7 @@ def build_app(provider: Provider, *, demo: bool = False) -> Starlette:
     ]
     routes += iam_api.routes(iam_api.IamAPI(p.iam_admin, p.iam, p.fast), guard)
     routes += KmsAPI(p).routes()  # POST /kms, and POST / only with X-Amz-Target
+    routes += PkiHttp(p.ca).routes(guard)  # /pki/...: CA certificates, CRL, OCSP, the API
     if p.settings.metrics:
         routes.append(Route("/metrics", partial(metrics_endpoint, metrics), methods=["GET"],
                             middleware=guard("bastion:GetMetrics", METRICS_ARN,
@@ -221,7 +223,14 @@ class BastionServer:
             if message["type"] == "lifespan.startup":
                 try:
                     self.provider = await open_provider(self.settings)
+                    # the CA exists from the first start; certificates the CLI issues point
+                    # their CRL/OCSP URLs at this server
+                    await self.provider.ca.ensure()
+                    await self.provider.ca.publish_at(self.provider.issuer_url)
                 except Exception as exc:  # reported by the server, which then exits
+                    if self.provider is not None:
+                        await self.provider.close()
+                        self.provider = None
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 self.provider.start_background()

@@ -325,6 +325,26 @@ class Settings(BaseSettings):
     kms_api_max_body: int = Field(131_072, ge=4096, le=16_777_216, description="Largest "
                                   "request body the AWS KMS wire API reads, in bytes.")
 
+    # --- internal CA (pki/; docs/pki.md) --------------------------------------------------
+    pki_trust_domain: str = Field("bastion.internal", pattern=r"^[a-z0-9]([a-z0-9.-]{0,253}"
+                                  r"[a-z0-9])?$", description="SPIFFE trust domain of "
+                                  "workload identities (spiffe://<trust domain>/...).")
+    pki_server_ttl: int = Field(30 * 86400, ge=300, le=398 * 86400, description="Default "
+                                "lifetime of server certificates, seconds.")
+    pki_workload_ttl: int = Field(86400, ge=300, le=30 * 86400, description="Default "
+                                  "lifetime of client and workload certificates, seconds.")
+    pki_intermediate_days: int = Field(365, ge=7, le=3650, description="Lifetime of an "
+                                       "online intermediate CA, days.")
+    pki_root_days: int = Field(3650, ge=30, le=36500, description="Lifetime of the root CA "
+                               "created on first start, days.")
+    pki_permitted_dns: str = Field(
+        "localhost,.localhost,.test,.internal,.local,.home.arpa", description="Name "
+        "constraints of the intermediate: DNS names it may certify (a leading dot: any name "
+        "below). The issuer's host name is added.")
+    pki_permitted_ips: str = Field(
+        "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7",
+        description="Name constraints of the intermediate: IP ranges it may certify.")
+
     # --- reverse proxy and metrics (edge/proxy.py, edge/metrics.py; docs/edge.md) --------
     routes: tuple[RouteConfig, ...] = Field(
         (), description="Proxied routes, an array of tables in TOML: name, path_prefix "

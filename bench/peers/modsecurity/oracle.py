@@ -55,8 +55,13 @@ SecResponseBodyAccess Off
 SecAuditEngine Off
 SecArgumentSeparator &
 SecCookieFormat 0
-SecUnicodeMapFile /etc/modsecurity/unicode.mapping 20127
 """
+# The Apache module's package (libapache2-mod-security2) ships the code-point map that
+# t:urlDecodeUni uses for %uXXXX; modsecurity-crs alone does not, and ModSecurity 3 runs
+# without it (the oracle must not need Apache installed).
+UNICODE_MAP = "/etc/modsecurity/unicode.mapping"
+if Path(UNICODE_MAP).is_file():
+    BASE += f"SecUnicodeMapFile {UNICODE_MAP} 20127\n"
 
 
 class CrsOracle:

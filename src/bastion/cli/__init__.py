@@ -12,6 +12,7 @@ from bastion.cli.groups import groups_app
 from bastion.cli.iam import iam_app
 from bastion.cli.keys import keys_app
 from bastion.cli.kms import kms_app
+from bastion.cli.pki import ca_app, pki_app
 from bastion.cli.serve import serve
 from bastion.cli.users import users_app
 from bastion.cli.waf import waf_app
@@ -28,6 +29,8 @@ app.add_typer(iam_app, name="iam")
 app.add_typer(audit_app, name="audit")
 app.add_typer(kms_app, name="kms")
 app.add_typer(waf_app, name="waf")
+app.add_typer(pki_app, name="pki")
+app.add_typer(ca_app, name="ca")
 
 
 def main() -> None:

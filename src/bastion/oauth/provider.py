@@ -25,6 +25,7 @@ from bastion.identity.clients import CLIENT_ID_RE, CLIENT_SQL, ClientInfo, clien
 from bastion.identity.throttle import LoginThrottle, ThrottlePolicy
 from bastion.kms import KeyWrapper
 from bastion.kms.service import KMS, open_kms
+from bastion.pki.ca import CertificateAuthority
 from bastion.store.fast import FastStore, SqliteStore
 from bastion.store.kv import KV
 from bastion.store.models import (
@@ -60,6 +61,7 @@ class Provider:
     iam: Authorizer = field(init=False)
     iam_admin: IamAdmin = field(init=False)
     kms: KMS = field(init=False)
+    ca: CertificateAuthority = field(init=False)
     _clients: dict[str, tuple[float, ClientInfo | None]] = field(default_factory=dict)
     _client_lookups: dict[str, asyncio.Future[ClientInfo | None]] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -84,6 +86,7 @@ class Provider:
             s.login_max_failures_account, s.login_max_failures_ip, s.login_backoff_base,
             s.login_backoff_max, s.login_failure_window))
         self.kms = open_kms(s, self.fast, self.iam, self.audit)  # RootUnavailable: fail closed
+        self.ca = CertificateAuthority(self)  # its keys are KMS keys, made on first use
 
     # --- endpoints' URLs -------------------------------------------------------------------
     def url(self, path: str) -> str:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    UniqueConstraint,
     true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -420,3 +421,45 @@ class KmsRootWrapping(Base):
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
     keeper: Mapped[str] = mapped_column(String(16), primary_key=True)  # file | pkcs11
     material: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+# --- the internal CA (pki/, migration 0008): authorities' keys are KMS keys (key_id) ---
+class PkiAuthority(Base):
+    """A root or intermediate CA: its certificate (PEM) and the KMS key holding its private
+    key; ``generation`` counts rotations per kind; ``crl_number`` the last CRL's number."""
+
+    __tablename__ = "pki_authorities"
+    __table_args__ = (UniqueConstraint("kind", "generation",
+                                       name="uq_pki_authorities_kind_generation"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # root | intermediate
+    generation: Mapped[int] = mapped_column(Integer)
+    parent_id: Mapped[str | None] = mapped_column(String(32))
+    key_id: Mapped[str] = mapped_column(String(64))
+    certificate: Mapped[str] = mapped_column(Text)
+    not_before: Mapped[int] = mapped_column(BigInteger)
+    not_after: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    crl_number: Mapped[int] = mapped_column(BigInteger)
+    base_url: Mapped[str] = mapped_column(String(2048))  # where its CRL and OCSP are served
+
+
+class PkiCertificate(Base):
+    """A certificate the CA issued (serial in lower-case hex); revocation in place."""
+
+    __tablename__ = "pki_certificates"
+    __table_args__ = (Index("ix_pki_certificates_ca_revoked", "ca_id", "revoked_at"),
+                      Index("ix_pki_certificates_not_after", "not_after"))
+    serial: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ca_id: Mapped[str] = mapped_column(String(32))
+    profile: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[str] = mapped_column(String(255))
+    names: Mapped[str] = mapped_column(Text)  # JSON list of the SAN values
+    spiffe_id: Mapped[str | None] = mapped_column(String(2048))
+    not_before: Mapped[int] = mapped_column(BigInteger)
+    not_after: Mapped[int] = mapped_column(BigInteger)
+    certificate: Mapped[str] = mapped_column(Text)
+    requester: Mapped[str] = mapped_column(String(512))
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger)
+    revocation_reason: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[int] = mapped_column(BigInteger)
