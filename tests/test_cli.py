@@ -62,8 +62,10 @@ def test_refusals_are_clear(tmp_path, args, message):
 
 
 def test_serve_requires_tls_or_dev_on_loopback(tmp_path):
-    r = run("serve", "--port", "0", data=tmp_path)
-    assert r.returncode == 2 and "TLS" in r.stderr
+    # without --dev TLS is the default (tests/tls/test_serve.py); unusable files are refused
+    missing = str(tmp_path / "missing.pem")
+    r = run("serve", "--port", "0", "--tls-cert", missing, "--tls-key", missing, data=tmp_path)
+    assert r.returncode == 2 and "TLS" in r.stderr and "missing.pem" in r.stderr
     r = run("serve", "--dev", "--host", "0.0.0.0", "--port", "0", data=tmp_path)
     assert r.returncode == 2 and "loopback" in r.stderr
 

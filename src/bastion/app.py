@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from bastion.acme import AcmeServer
 from bastion.admin import iam_api
 from bastion.config import Settings
 from bastion.edge.authz import Guard, authenticate
@@ -34,6 +35,7 @@ from bastion.edge.shed import Shed
 from bastion.edge.waf.middleware import WafMiddleware
 from bastion.edge.waf.settings import build_waf, middleware_options
 from bastion.iam.bootstrap import ADMIN_SCOPE
+from bastion.iam.sts_wire import StsWireAPI
 from bastion.kms.api import KmsAPI
 from bastion.oauth import pages
 from bastion.oauth.authorize import authorize_endpoint
@@ -162,12 +164,16 @@ def build_app(provider: Provider, *, demo: bool = False) -> Starlette:
         Route("/userinfo", partial(userinfo_endpoint, p), methods=["GET", "POST"],
               middleware=bearer),
         Route("/logout", partial(logout_endpoint, p), methods=["GET", "POST"]),
+        *StsWireAPI(p).routes(),  # POST /sts signed with SigV4 (AWS query protocol) first
         Route("/sts", partial(assume_role_endpoint, p), methods=["POST"], middleware=bearer),
 
     ]
     routes += iam_api.routes(iam_api.IamAPI(p.iam_admin, p.iam, p.fast), guard)
     routes += KmsAPI(p).routes()  # POST /kms, and POST / only with X-Amz-Target
     routes += PkiHttp(p.ca).routes(guard)  # /pki/...: CA certificates, CRL, OCSP, the API
+    acme = AcmeServer(p) if p.settings.acme else None
+    if acme is not None:
+        routes += acme.routes()  # /acme/directory and what it names (docs/acme.md)
     if p.settings.metrics:
         routes.append(Route("/metrics", partial(metrics_endpoint, metrics), methods=["GET"],
                             middleware=guard("bastion:GetMetrics", METRICS_ARN,
@@ -185,6 +191,7 @@ def build_app(provider: Provider, *, demo: bool = False) -> Starlette:
                                 *rate_limits(provider, metrics),
                                 *web_firewall(provider, metrics)])
     app.state.metrics, app.state.proxy = metrics, proxy
+    app.state.acme = acme  # its validation tasks end with the app (close_app)
     return app
 
 
@@ -195,6 +202,8 @@ async def close_app(app: ASGIApp) -> None:
     if state is not None and hasattr(state, "proxy"):
         await state.proxy.aclose()
         state.metrics.unwatch()
+    if state is not None and getattr(state, "acme", None) is not None:
+        await state.acme.close()
 
 
 class BastionServer:

@@ -73,8 +73,34 @@ class Settings(BaseSettings):
     issuer: str | None = Field(None, description="Issuer URL (iss). Default: the address "
                                "served, https://host:port (http:// with dev).")
     dev: bool = Field(False, description="Allow plain HTTP, on loopback addresses only.")
-    tls_cert: Path | None = Field(None, description="PEM certificate chain for HTTPS.")
+    tls_cert: Path | None = Field(None, description="PEM certificate chain for HTTPS, "
+                                  "reloaded when the file changes. Without it (and without "
+                                  "dev) Bastion serves a certificate from its internal CA.")
     tls_key: Path | None = Field(None, description="PEM private key for HTTPS.")
+    # TLS (edge/tls.py; docs/tls.md)
+    tls_hostnames: str = Field("localhost,127.0.0.1,::1", description="Without tls_cert "
+                               "(and without dev): the DNS names and IP addresses, comma "
+                               "separated, of the server certificate Bastion gets from its "
+                               "internal CA (data_dir/tls, renewed at two thirds of its "
+                               "life). The issuer's host is added.")
+    tls_reload_interval: float = Field(5.0, ge=0, le=3600, description="Seconds between "
+                                       "checks of tls_cert/tls_key for new files (reloaded "
+                                       "without a restart; SIGHUP checks at once). 0: only "
+                                       "on SIGHUP.")
+    tls_expiry_warning_days: float = Field(14.0, ge=0, description="Log a warning (daily) "
+                                           "while tls_cert expires within this many days. "
+                                           "0: never.")
+    mtls: Literal["off", "optional", "required"] = Field(
+        "off", description="Client certificates (mutual TLS): off (not asked for), optional "
+        "(verified when sent) or required (the handshake fails without a valid one). A "
+        "verified certificate is checked for revocation per request (401) and its SPIFFE "
+        "ID is IAM's bastion:MtlsSpiffeId.")
+    mtls_trust_bundle: Path | None = Field(None, description="PEM file of the CAs client "
+                                           "certificates must chain to. Default: the "
+                                           "internal CA's roots.")
+    mtls_revocation_cache_ttl: float = Field(2.0, ge=0, le=60, description="Seconds a "
+                                             "client certificate's revocation status is "
+                                             "cached per server process.")
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest request body "
                                 "accepted by the identity provider endpoints (413 beyond).")
 
@@ -345,6 +371,53 @@ class Settings(BaseSettings):
         "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7",
         description="Name constraints of the intermediate: IP ranges it may certify.")
 
+    # --- ACME server on the internal CA (acme/; docs/acme.md) -------------------------------
+    acme: bool = Field(True, description="Serve ACME (RFC 8555) at /acme/directory, issuing "
+                       "from the internal CA.")
+    acme_allowed_identifiers: str = Field(
+        "localhost,*.localhost,*.test", description="Comma-separated names (IAM wildcards "
+        "* and ?) that accounts without their own policy may order; anything else is "
+        "rejectedIdentifier. Empty: only accounts with a policy (EAB keys) may order.")
+    acme_http01_port: int = Field(80, ge=1, le=65535, description="Port http-01 "
+                                  "challenges are fetched from (RFC 8555: 80).")
+    acme_tls_alpn01_port: int = Field(443, ge=1, le=65535, description="Port tls-alpn-01 "
+                                      "challenges connect to (RFC 8737: 443).")
+    acme_resolve: str = Field("", description="Static name-to-address map used by "
+                              "challenge validation before DNS, e.g. "
+                              "'app.test=127.0.0.1,api.test=::1'.")
+    acme_dns_resolver: str = Field("", description="DNS server (an IP address, with "
+                                   ":port if not 53; IPv6 in brackets) that dns-01 TXT "
+                                   "lookups ask; empty: the system resolver.")
+    acme_validation_timeout: float = Field(10.0, gt=0, le=60, description="Seconds one "
+                                           "challenge validation may take.")
+    acme_eab_required: bool = Field(False, description="Require an external account "
+                                    "binding (keys from 'bastion acme eab create') on "
+                                    "newAccount.")
+    acme_terms_of_service: str | None = Field(None, description="URL of the terms of "
+                                              "service shown in the ACME directory.")
+    acme_order_ttl: int = Field(86400, ge=60, le=30 * 86400, description="Seconds a "
+                                "pending order and its authorizations live.")
+    acme_certificate_ttl: int | None = Field(None, ge=300, description="Lifetime of "
+                                             "ACME certificates, seconds; default: the "
+                                             "CA's server profile.")
+
+    @field_validator("acme_resolve")
+    @classmethod
+    def _acme_resolve(cls, v: str) -> str:
+        from bastion.acme.validate import parse_resolve
+
+        parse_resolve(v)  # ValueError names the bad entry
+        return v
+
+    @field_validator("acme_dns_resolver")
+    @classmethod
+    def _acme_dns_resolver(cls, v: str) -> str:
+        from bastion.acme.validate import parse_nameserver
+
+        if v:
+            parse_nameserver(v)
+        return v
+
     # --- reverse proxy and metrics (edge/proxy.py, edge/metrics.py; docs/edge.md) --------
     routes: tuple[RouteConfig, ...] = Field(
         (), description="Proxied routes, an array of tables in TOML: name, path_prefix "
@@ -398,12 +471,19 @@ class Settings(BaseSettings):
     def _tls_rules(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
+        if self.mtls != "off" and not self.https:
+            raise ValueError("mtls needs TLS (not dev without tls_cert)")
         return self
 
     # --- derived -----------------------------------------------------------------------
     @property
     def tls(self) -> bool:
         return self.tls_cert is not None
+
+    @property
+    def https(self) -> bool:
+        """Served over TLS: files given, or (without dev) the internal CA's certificate."""
+        return self.tls_cert is not None or not self.dev
 
     @property
     def effective_database_url(self) -> str:
@@ -415,7 +495,7 @@ class Settings(BaseSettings):
     def effective_issuer(self) -> str:
         if self.issuer:
             return self.issuer
-        scheme = "https" if self.tls else "http"
+        scheme = "https" if self.https else "http"
         host = "localhost" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
         if ":" in host:
             host = f"[{host}]"

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import secrets
 import sqlite3
+import time
 import uuid
 from typing import Any
 

@@ -179,11 +179,25 @@ _add("kms", "kms", 6003, ("ListGrants", 2), ("ListRetirableGrants", 2), read_onl
 # what KMS housekeeping does on its own (a deletion completing, an automatic rotation)
 _add("kms", "kms", 6003, ("DeleteKey", 4), severity_id=2, event_type="ServiceEvent")
 _add("kms", "kms", 6003, ("RotateKey", 3), event_type="ServiceEvent")
+# a signed KMS request naming no operation the KMS has (kms/api.py); the root key moving to
+# another keeper (kms/migrate.py: at its start and its end, or with errorCode when it fails)
+_add("kms", "kms", 6003, ("UnknownOperation", OTHER), severity_id=2)
+_add("kms", "kms", 6003, ("MigrateRoot", 3), severity_id=3)
 
 # PKI.
 _add("pki", "pki", 6003, ("CreateCertificateAuthority", 1), ("IssueCertificate", 1),
      ("RevokeCertificate", 3))
 _add("pki", "pki", 6003, ("GetCertificate", 2), read_only=True)
+
+# ACME (acme/): accounts, orders, challenge validations, issuance and revocation through
+# RFC 8555; refusals (a rejected identifier, a bad CSR, a JWS that does not verify) are the
+# same events with errorCode set to the ACME error type.
+_add("acme", "pki", 3001, ("CreateAcmeAccount", 1), ("UpdateAcmeAccount", OTHER),
+     ("DeactivateAcmeAccount", 5), ("ChangeAcmeAccountKey", 3),
+     ("CreateAcmeExternalAccountKey", 1))
+_add("acme", "pki", 6003, ("CreateAcmeOrder", 1), ("ValidateAcmeChallenge", 3),
+     ("FinalizeAcmeOrder", 1), ("RevokeAcmeCertificate", 3), ("DeactivateAcmeAuthorization", 3))
+_add("acme", "pki", 3002, ("AcmeAuthenticate", 1), event_type="ServiceEvent", severity_id=2)
 
 # Administration of Bastion itself, including its audit trail.
 _add("admin", "admin", 6003, ("RotateSigningKey", 3), ("UpdateConfiguration", 3),

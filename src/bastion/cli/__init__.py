@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import typer
 
+from bastion.cli.acme import acme_app
 from bastion.cli.audit import audit_app
 from bastion.cli.clients import clients_app
 from bastion.cli.groups import groups_app
@@ -29,6 +30,7 @@ app.add_typer(iam_app, name="iam")
 app.add_typer(audit_app, name="audit")
 app.add_typer(kms_app, name="kms")
 app.add_typer(waf_app, name="waf")
+app.add_typer(acme_app, name="acme")
 app.add_typer(pki_app, name="pki")
 app.add_typer(ca_app, name="ca")
 

@@ -36,6 +36,12 @@ def clients_create(
         help="token_endpoint_auth_method: client_secret_basic (default), "
         "client_secret_post, private_key_jwt (with --jwks-file) or none (with --public).")
     ] = None,
+    tls_client_auth: Annotated[str | None, typer.Option(
+        "--tls-client-auth", metavar="KIND=NAME",
+        help="RFC 8705 mutual-TLS client authentication: the one name the client's "
+        "certificate carries, as san_uri=spiffe://..., san_dns=..., san_ip=..., "
+        "san_email=... or subject_dn=CN=... (implies --auth-method tls_client_auth).")
+    ] = None,
     data_dir: DataDir = None,
     as_json: JsonOut = False,
 ) -> None:
@@ -57,6 +63,16 @@ def clients_create(
             err.print("[red]error:[/red] the JWKS must hold public keys only")
             raise typer.Exit(1)
 
+    tls_meta = None
+    if tls_client_auth is not None:
+        kind, sep, value = tls_client_auth.partition("=")
+        if not sep:
+            err.print("[red]error:[/red] --tls-client-auth takes KIND=NAME, e.g. "
+                      "san_uri=spiffe://bastion.internal/ns/prod/sa/orders")
+            raise typer.Exit(1)
+        tls_meta = {kind.strip().removeprefix("tls_client_auth_"): value}
+        auth_method = auth_method or "tls_client_auth"
+
     async def job(p: Any) -> dict[str, Any]:
         async with p.sessions.begin() as db:
             roles = await check_roles_exist(db, role or [])
@@ -64,7 +80,7 @@ def clients_create(
                 db, p.wrapper, name=name, redirect_uris=redirect_uri or [], public=public,
                 scopes=scope, grant_types=grant_type, roles=roles, jwks=jwks,
                 post_logout_redirect_uris=post_logout_redirect_uri, client_id=client_id,
-                auth_method=auth_method)
+                auth_method=auth_method, tls_client_auth=tls_meta)
             await record_change(p, db, "CreateClient", user_identity=operator(),
                                 request_parameters={
                                     "clientId": client.client_id, "name": name,
@@ -75,6 +91,9 @@ def clients_create(
                 "token_endpoint_auth_method": client.auth_method,
                 "redirect_uris": client.redirect_uris, "grant_types": client.grant_types,
                 "scopes": client.scopes}
+        if client.tls_client_auth:
+            (kind, value), = client.tls_client_auth.items()
+            data[f"tls_client_auth_{kind}"] = value
         if secret:
             data["client_secret"] = secret
         return data

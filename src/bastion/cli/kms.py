@@ -495,7 +495,9 @@ def migrate_root(to: Annotated[str, typer.Option(
         except RootUnavailable as exc:
             return f"the new root key is unavailable: {exc}"
         try:
-            report = await run_migration(p.kms.fast, p.kms.keeper, target)
+            report = await run_migration(p.kms.fast, p.kms.keeper, target, audit=p.kms.audit,
+                                         user_identity={**who,
+                                                        "accountId": settings.account_id})
         except (MigrationError, RootUnavailable) as exc:
             return str(exc)
         except RootUnwrapError:

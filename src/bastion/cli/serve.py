@@ -50,10 +50,12 @@ def serve(
                                                  help="PEM private key.")] = None,
     demo: Annotated[bool, typer.Option(
         "--demo", help="Seed the Orders example (once) and print how to use it.")] = False,
-    dev: Annotated[bool, typer.Option("--dev", help="Allow plain HTTP on loopback.")] = False,
+    dev: Annotated[bool, typer.Option("--dev", help="Plain HTTP on loopback (without "
+                                                    "--tls-cert).")] = False,
     log_level: Annotated[str, typer.Option(metavar="LEVEL", help="Log level.")] = "info",
 ) -> None:
-    """Run the identity provider and the Orders API."""
+    """Run the identity provider and the Orders API, over TLS: --tls-cert/--tls-key (hot
+    reloaded), else a certificate from the internal CA."""
     import uvicorn
 
     from bastion.app import BastionServer
@@ -63,14 +65,24 @@ def serve(
 
     settings = _settings(data_dir=data_dir, host=host, port=port, issuer=issuer,
                          tls_cert=tls_cert, tls_key=tls_key, dev=dev or None)
-    if not settings.tls:
-        if not settings.dev:
-            err.print("[red]error:[/red] serving needs TLS: pass --tls-cert and --tls-key, "
-                      "or --dev for plain HTTP on loopback")
-            raise typer.Exit(2)
-        if not is_loopback_host(settings.host):
-            err.print("[red]error:[/red] --dev serves plain HTTP on loopback addresses only")
-            raise typer.Exit(2)
+    if not settings.https and not is_loopback_host(settings.host):
+        err.print("[red]error:[/red] --dev serves plain HTTP on loopback addresses only")
+        raise typer.Exit(2)
+    # TLS (edge/tls.py): tls_cert/tls_key, else a certificate from the internal CA
+    served: Any = BastionServer(settings, demo=demo)
+    tls: Any = None
+    if settings.https:
+        from bastion.edge.tls import TlsError, TlsServing
+
+        server = served
+        tls = served = TlsServing(
+            server, settings, provider=lambda: server.provider,
+            metrics=lambda: getattr(getattr(server.app, "state", None), "metrics", None))
+        try:
+            tls.prepare()
+        except TlsError as exc:
+            err.print(f"[red]error:[/red] TLS: {exc}")
+            raise typer.Exit(2) from None
     # before any state is touched: a second server on the same data must not re-seed, rotate
     # or migrate anything under the running one
     if port_in_use(settings.host, settings.port):
@@ -84,7 +96,7 @@ def serve(
         text = None
         if demo:
             creds = await seed(provider)
-            text = instructions(provider, creds, insecure=settings.tls)
+            text = instructions(provider, creds, insecure=settings.https)
         return password, text
 
     admin_password, demo_text = _run(settings, prepare, create=True)
@@ -96,11 +108,14 @@ def serve(
     database = "postgresql" if "postgres" in settings.effective_database_url else "sqlite"
     err.print(f"Bastion issuer {settings.effective_issuer}  data {settings.data_dir}  "
               f"database {database}")
+    if tls is not None and not settings.tls:
+        err.print(f"TLS certificate from the internal CA in {tls.tls_dir} (renewed "
+                  "automatically). Clients trust it with the CA's bundle: "
+                  f"`bastion ca export --out bastion-ca.pem` (a copy: {tls.tls_dir}/ca.pem)")
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # flood protection at the server layer: the guarded HTTP protocol (edge/server.py)
-    uvicorn.run(BastionServer(settings, demo=demo), host=settings.host, port=settings.port,
-                ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
-                ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+    uvicorn.run(served, host=settings.host, port=settings.port,
+                ssl_context_factory=tls.context_factory if tls is not None else None,
                 log_level=log_level, access_log=False, lifespan="on",
                 server_header=False, **server_options(settings))

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from bastion.audit.context import current_request
 from bastion.audit.trail import AuditTrail
 from bastion.edge.metrics import Refusals
+from bastion.edge.tls import mtls_spiffe_id
 from bastion.iam import Decision
 from bastion.iam.authorizer import Authorizer, Principal, Subject
 from bastion.iam.scheme import parse_principal_arn
@@ -160,6 +161,9 @@ class Authorize:
             decision = Decision("implicitDeny", (), refusal)
         else:
             extra = await self.context(scope) if self.context is not None else None
+            spiffe_id = mtls_spiffe_id(scope)  # the verified client certificate's (mTLS)
+            if spiffe_id is not None:
+                extra = {**(extra or {}), "bastion:MtlsSpiffeId": spiffe_id}
             principal, decision = await self.iam.decide(
                 subject, self.action, resource, source_ip=req.source_ip if req else None,
                 secure=req.secure if req else scope.get("scheme") == "https", extra=extra)

@@ -29,6 +29,9 @@ cancelled by any byte). :class:`GuardedProtocol` adds, per connection:
   gets ``503`` and is closed at once (trusted proxies are exempt from the per-IP cap: they
   carry many clients).
 
+On TLS connections every request's scope carries the ASGI TLS extension
+(``scope["extensions"]["tls"]``, :func:`bastion.edge.tls.tls_extension`).
+
 Every refusal is logged (peer address and reason, never headers or bodies; under a flood
 the first of each second, then one summary line), counted in an
 :class:`~bastion.edge.counters.EdgeCounters` and audited in aggregate (``ConnectionRefused``:
@@ -52,6 +55,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from bastion.edge.clientip import TrustedProxies
 from bastion.edge.counters import COUNTERS, EdgeCounters
+from bastion.edge.tls import tls_extension
 
 log = logging.getLogger("bastion.edge.server")
 LINGER = 2.0  # seconds input is discarded after a refusal, before the close
@@ -152,11 +156,13 @@ class GuardedProtocol(HttpToolsProtocol):
         self._body_t0 = 0.0
         self._body_base = 0
         self._body_last = 0.0
+        self._tls: dict[str, Any] | None = None  # the ASGI TLS extension (edge/tls.py)
 
     # --- connection --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._ip = str(self.client[0]) if self.client else "-"
+        self._tls = tls_extension(transport)
         exempt = self.proxies is not None and self.proxies.trusts(self._ip)
         reason = self.table.admit(self._ip, self.limits, exempt=exempt)
         if reason is not None:
@@ -210,6 +216,10 @@ class GuardedProtocol(HttpToolsProtocol):
     # --- parser callbacks --------------------------------------------------------------
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        if self._tls is not None:  # a copy per request: the application may change it
+            tls: dict[object, object] = {k: v for k, v in self._tls.items()}
+            tls["client_cert_chain"] = list(self._tls["client_cert_chain"])
+            self.scope["extensions"] = {"tls": tls}
         self._messages += 1
         self._phase = "head"
         self._raw_head = self._head_bytes = self._header_count = self._url_bytes = 0

@@ -24,7 +24,10 @@ from bastion.kms import KeyWrapper
 from bastion.store.models import Client, User
 
 GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
-AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none",
+                "tls_client_auth")
+#: RFC 8705 §2.1.2 client metadata, without the tls_client_auth_ prefix
+TLS_CLIENT_AUTH_NAMES = ("subject_dn", "san_dns", "san_uri", "san_ip", "san_email")
 SECRET_METHODS = frozenset({"client_secret_basic", "client_secret_post"})
 # patterns are used with fullmatch: "$" would also match before a trailing newline
 SCOPE_TOKEN_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,128}")  # RFC 6749 §3.3 scope-token
@@ -47,6 +50,7 @@ class ClientInfo:
     roles: tuple[str, ...]
     jwks: dict[str, Any] | None
     auth_method_pinned: bool = True
+    tls_client_auth: dict[str, str] | None = None  # RFC 8705: {"san_uri": "spiffe://..."}
 
     @property
     def public(self) -> bool:
@@ -63,7 +67,7 @@ class ClientInfo:
         return cls(c.client_id, c.name, c.secret_hash, c.auth_method, tuple(c.redirect_uris),
                    tuple(c.post_logout_redirect_uris), frozenset(c.grant_types),
                    frozenset(c.scopes), tuple(c.roles), c.jwks,
-                   c.auth_method_pinned is not False)
+                   c.auth_method_pinned is not False, c.tls_client_auth)
 
 
 def accepted_methods(auth_method: str, pinned: bool) -> frozenset[str]:
@@ -73,7 +77,8 @@ def accepted_methods(auth_method: str, pinned: bool) -> frozenset[str]:
 
 
 CLIENT_SQL = ("SELECT client_id, name, secret_hash, auth_method, auth_method_pinned, "
-              "redirect_uris, post_logout_redirect_uris, grant_types, scopes, roles, jwks "
+              "redirect_uris, post_logout_redirect_uris, grant_types, scopes, roles, jwks, "
+              "tls_client_auth "
               "FROM clients WHERE client_id = :client_id")
 
 
@@ -89,7 +94,7 @@ def client_from_row(row: Any) -> ClientInfo:
                       frozenset(js(row["grant_types"]) or ()), frozenset(js(row["scopes"]) or ()),
                       tuple(js(row["roles"]) or ()), js(row["jwks"]),
                       # SQLite returns 0/1; anything but an explicit false stays pinned
-                      row["auth_method_pinned"] not in (False, 0))
+                      row["auth_method_pinned"] not in (False, 0), js(row["tls_client_auth"]))
 
 
 
@@ -133,7 +138,9 @@ async def create_client(db: AsyncSession, wrapper: KeyWrapper, *, name: str,
                         auth_method: str | None = None, roles: list[str] | None = None,
                         jwks: dict[str, Any] | None = None,
                         post_logout_redirect_uris: list[str] | None = None,
-                        client_id: str | None = None) -> tuple[Client, str | None]:
+                        client_id: str | None = None,
+                        tls_client_auth: dict[str, str] | None = None
+                        ) -> tuple[Client, str | None]:
     """Register a client; returns it with its secret (shown once; None for public clients).
 
     ``auth_method`` None: ``none`` for public clients, ``private_key_jwt`` with a JWKS, else
@@ -155,6 +162,12 @@ async def create_client(db: AsyncSession, wrapper: KeyWrapper, *, name: str,
         raise IdentityError("a public client cannot use client_credentials")
     if method == "private_key_jwt" and not (jwks and isinstance(jwks.get("keys"), list)):
         raise IdentityError("private_key_jwt needs a JWKS with the client's public keys")
+    if (method == "tls_client_auth") != (tls_client_auth is not None):
+        raise IdentityError("tls_client_auth needs exactly one certificate name "
+                            "(tls_client_auth_subject_dn, _san_dns, _san_uri, _san_ip or "
+                            "_san_email), and only it takes one")
+    if tls_client_auth is not None:
+        tls_client_auth = check_tls_client_auth(tls_client_auth)
     if "authorization_code" in grant_types and not redirect_uris:
         raise IdentityError("authorization_code needs at least one redirect URI")
     uris = [check_redirect_uri(u) for u in redirect_uris]
@@ -166,7 +179,8 @@ async def create_client(db: AsyncSession, wrapper: KeyWrapper, *, name: str,
         raise IdentityError(f"client {cid!r} already exists")
     if await db.scalar(select(User.id).where((User.id == cid) | (User.username == cid))):
         raise IdentityError(f"client_id {cid!r} names a user; choose another")  # sub == client_id
-    secret = None if method in ("none", "private_key_jwt") else secrets.token_urlsafe(32)
+    secret = None if method in ("none", "private_key_jwt", "tls_client_auth") \
+        else secrets.token_urlsafe(32)
     client = Client(
         client_id=cid, name=name[:256],
         secret_hash=secret_hash(wrapper, secret) if secret else None,
@@ -176,10 +190,38 @@ async def create_client(db: AsyncSession, wrapper: KeyWrapper, *, name: str,
         grant_types=grant_types,
         scopes=check_scopes(scopes if scopes is not None else ["openid", "profile", "email"]),
         roles=sorted(set(roles or [])), jwks=jwks, created_at=int(time.time()),
+        tls_client_auth=tls_client_auth,
     )
     db.add(client)
     await db.flush()
     return client, secret
+
+
+def check_tls_client_auth(meta: dict[str, str]) -> dict[str, str]:
+    """RFC 8705 §2.1.2: exactly one of the names, well formed (the DN parses, the IP is an
+    address, the URI is absolute)."""
+    import ipaddress
+
+    from cryptography import x509
+
+    if not isinstance(meta, dict) or len(meta) != 1:
+        raise IdentityError("tls_client_auth takes exactly one certificate name")
+    (kind, value), = meta.items()
+    if kind not in TLS_CLIENT_AUTH_NAMES or not isinstance(value, str) or \
+            not 0 < len(value) <= 2048 or not value.isprintable():
+        raise IdentityError(f"tls_client_auth_{str(kind)[:20]}: not a valid certificate name")
+    try:
+        if kind == "subject_dn":
+            value = x509.Name.from_rfc4514_string(value).rfc4514_string()
+        elif kind == "san_ip":
+            value = str(ipaddress.ip_address(value))
+        elif kind == "san_uri" and not urlsplit(value).scheme:
+            raise ValueError("not absolute")
+        elif kind == "san_dns":
+            value = value.lower().rstrip(".")
+    except ValueError:
+        raise IdentityError(f"tls_client_auth_{kind}: {value[:80]!r} is not valid") from None
+    return {kind: value}
 
 
 async def list_clients(db: AsyncSession) -> list[Client]:

@@ -14,10 +14,15 @@ edge's RequestContext, the one in every audit record the call causes); errors ar
 
 Steps: read the body (``kms_api_max_body`` at most), verify SigV4 (``edge/sigv4.py``; every
 refusal is an ``Authenticate`` audit record naming the access key id, never the secret or
-signature), resolve the key's owner to its IAM principal (a user with the roles their tokens
-would carry, a client with its roles, as ``edge/authz.py`` does for bearer tokens; a deleted
-or disabled owner is refused like an unknown key), then ``provider.kms.call``: the service
-authorizes (key policy, IAM, grants) and audits the call.
+signature, within the budget of ``kms/refusals.py`` so that a flood of unsigned garbage is
+counted rather than written one record each), resolve the key's owner to its IAM
+principal (a user with the roles their tokens would carry, a client with its roles, as
+``edge/authz.py`` does for bearer tokens; a deleted or disabled owner is refused like an
+unknown key), then ``provider.kms.call``: the service authorizes (key policy, IAM, grants)
+and audits the call, naming the access key (``userIdentity.accessKeyId``). A signed
+request refused before dispatch (no such operation, a body that is not JSON) is audited
+too: under its operation's name, or ``UnknownOperation`` with the ``X-Amz-Target`` it gave;
+never with its body.
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ from bastion.edge.sigv4 import INVALID_TOKEN, SigV4Error, SigV4Verifier, Unrecog
 from bastion.iam.authorizer import Subject
 from bastion.identity.access_keys import AccessKeyRecord, AccessKeys
 from bastion.kms.core import Caller
-from bastion.kms.errors import KMSError, ValidationException
+from bastion.kms.errors import KMSError, UnknownOperationException, ValidationException
+from bastion.kms.refusals import RefusalAudit
+from bastion.kms.service import OPERATIONS, user_identity
 from bastion.oauth.families import load_subject
 from bastion.oauth.provider import Provider
 
@@ -49,6 +56,7 @@ CONTENT_TYPES = frozenset({"application/x-amz-json-1.1", "application/x-amz-json
                            "application/json"})
 JSON_TYPE = b"application/x-amz-json-1.1"
 _OPERATION_RE = re.compile(r"[A-Za-z]{1,64}")  # fullmatch: no backtracking to speak of
+_TARGET_RE = re.compile(r"[A-Za-z0-9_.]{1,96}")  # an X-Amz-Target an audit record may copy
 SUBJECTS_CACHED = 10_000
 
 
@@ -83,6 +91,46 @@ def parse_body(body: bytes) -> dict[str, Any]:
     return value
 
 
+class KeyOwners:
+    """The IAM subject an access key speaks for, cached like the key (the STS wire API
+    uses it too)."""
+
+    def __init__(self, provider: Provider, ttl: float) -> None:
+        self.provider = provider
+        self._ttl = ttl
+        self._subjects: LRUCache[tuple[str, str], tuple[float, Subject | None]] = LRUCache(
+            SUBJECTS_CACHED)
+
+    async def subject(self, record: AccessKeyRecord) -> Subject | None:
+        """The IAM subject a key speaks for (cached like the key): a user with their own and
+        their groups' roles; a client with its roles; a role session. None when the owner is
+        gone or disabled."""
+        # a role's sessions differ (name, session policy): each key is its own slot
+        slot = (record.owner_kind,
+                record.id if record.owner_kind == "role" else record.owner_id)
+        now = time.monotonic()
+        hit = self._subjects.get(slot)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        subject: Subject | None = None
+        if record.owner_kind == "user":
+            user = await load_subject(self.provider.fast, record.owner_id)
+            if user is not None and not user.disabled:
+                subject = Subject("user", user.id, tuple(sorted(user.roles)))
+        elif record.owner_kind == "client":
+            client = await self.provider.client(record.owner_id)
+            if client is not None:
+                subject = Subject("client", client.client_id, tuple(sorted(client.roles)),
+                                  client_id=client.client_id)
+        elif record.owner_kind == "role" and record.session:
+            name, policy = record.session.get("name"), record.session.get("policy")
+            if isinstance(name, str):
+                subject = Subject("role", record.owner_id, (), name,
+                                  policy if isinstance(policy, str) else None)
+        self._subjects[slot] = (now + self._ttl, subject)
+        return subject
+
+
 class KmsAPI:
     """The ASGI endpoint of the wire API (``routes()`` places it)."""
 
@@ -94,9 +142,8 @@ class KmsAPI:
         self.verifier = SigV4Verifier(self.keys, provider.kv, service="kms",
                                       region=s.kms_region, max_skew=s.sigv4_max_skew,
                                       replay_protection=s.sigv4_replay_protection)
-        self._ttl = s.access_key_cache_ttl
-        self._subjects: LRUCache[tuple[str, str], tuple[float, Subject | None]] = LRUCache(
-            SUBJECTS_CACHED)
+        self.refusals = RefusalAudit(provider.audit, service="kms")
+        self.owners = KeyOwners(provider, s.access_key_cache_ttl)
 
     def routes(self) -> list[BaseRoute]:
         """``/kms`` (and ``/kms/``, where SDKs given an endpoint ending in ``/kms`` post) for
@@ -134,30 +181,56 @@ class KmsAPI:
                 scope["method"], scope.get("raw_path") or scope["path"].encode(),
                 scope.get("query_string", b""), headers, raw)
             record = verified.key
-            subject = await self._subject(record)
+            subject = await self.owners.subject(record)
             principal = await self.provider.iam.principal(subject) if subject else None
             if principal is None:
                 raise UnrecognizedClient(INVALID_TOKEN, record.id)
         except SigV4Error as exc:
-            await self._refused(exc)
+            await self._refused(exc, state.get("client_ip"))
             raise
         try:
             await self.keys.touch(record, verified.service, verified.region)
         except Exception:  # "last used" is bookkeeping: its write never fails the call
             log.warning("could not record the last use of access key %s", record.id,
                         exc_info=True)
-        operation = self._operation(headers)
-        ctype = _header(headers, b"content-type")
-        if ctype is not None and ctype.split(";")[0].strip().lower() not in CONTENT_TYPES:
-            raise serialization_error("Content-Type must be application/x-amz-json-1.1.")
-        request = parse_body(raw)
         req = current_request.get()
         caller = Caller(principal.arn, self.provider.settings.account_id, subject=subject,
                         source_ip=state.get("client_ip"), request_id=request_id,
                         secure=req.secure if req else scope.get("scheme") == "https",
-                        user_agent=req.user_agent if req else None)
+                        user_agent=req.user_agent if req else None, access_key_id=record.id)
+        target = _header(headers, b"x-amz-target")
+        try:
+            operation = self._operation(target)
+            if operation not in OPERATIONS:
+                raise UnknownOperationException(f"Unknown operation {operation[:64]!r}")
+            ctype = _header(headers, b"content-type")
+            if ctype is not None and ctype.split(";")[0].strip().lower() not in CONTENT_TYPES:
+                raise serialization_error("Content-Type must be application/x-amz-json-1.1.")
+            request = parse_body(raw)
+        except KMSError as exc:
+            # refused before dispatch, by an authenticated caller: audited in full, never
+            # with the body (it may hold a plaintext)
+            await self._undispatched(caller, target, exc)
+            raise
         response = await self.provider.kms.call(operation, request, caller)
         return json.dumps(response).encode()
+
+    async def _undispatched(self, caller: Caller, target: str | None, exc: KMSError) -> None:
+        """The audit record of a signed request that never reached an operation: under the
+        operation's own name when it is one, else ``UnknownOperation`` with the target (its
+        shape checked first; a malformed one is not copied)."""
+        name = target[len(TARGET_PREFIX):] if target and target.startswith(TARGET_PREFIX) \
+            else ""
+        params: dict[str, Any] = {}
+        if target is not None:
+            params["target"] = target if _TARGET_RE.fullmatch(target) else "(malformed)"
+        fields: dict[str, Any] = {
+            "user_identity": user_identity(caller), "request_parameters": params or None,
+            "error_code": exc.code, "error_message": exc.message,
+            "request_id": caller.request_id or None, "source_ip": caller.source_ip,
+            "user_agent": caller.user_agent}
+        event = name if name in OPERATIONS else "UnknownOperation"
+        await self.provider.audit.emit(event, **fields)
 
     async def _read(self, scope: Scope, receive: Receive) -> bytes:
         declared = _header(scope["headers"], b"content-length")
@@ -181,8 +254,7 @@ class KmsAPI:
         return b"".join(chunks)
 
     @staticmethod
-    def _operation(headers: Sequence[tuple[bytes, bytes]]) -> str:
-        target = _header(headers, b"x-amz-target")
+    def _operation(target: str | None) -> str:
         if target is None:
             raise KMSError("The request names no operation (X-Amz-Target).",
                            code="UnknownOperationException")
@@ -192,42 +264,17 @@ class KmsAPI:
                            code="UnknownOperationException")
         return target[len(TARGET_PREFIX):]
 
-    async def _subject(self, record: AccessKeyRecord) -> Subject | None:
-        """The IAM subject a key speaks for (cached like the key): a user with their own and
-        their groups' roles; a client with its roles; a role session. None when the owner is
-        gone or disabled."""
-        slot = (record.owner_kind, record.owner_id)
-        now = time.monotonic()
-        hit = self._subjects.get(slot)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        subject: Subject | None = None
-        if record.owner_kind == "user":
-            user = await load_subject(self.provider.fast, record.owner_id)
-            if user is not None and not user.disabled:
-                subject = Subject("user", user.id, tuple(sorted(user.roles)))
-        elif record.owner_kind == "client":
-            client = await self.provider.client(record.owner_id)
-            if client is not None:
-                subject = Subject("client", client.client_id, tuple(sorted(client.roles)),
-                                  client_id=client.client_id)
-        elif record.owner_kind == "role" and record.session:
-            name, policy = record.session.get("name"), record.session.get("policy")
-            if isinstance(name, str):
-                subject = Subject("role", record.owner_id, (), name,
-                                  policy if isinstance(policy, str) else None)
-        self._subjects[slot] = (now + self._ttl, subject)
-        return subject
-
-    async def _refused(self, exc: SigV4Error) -> None:
+    async def _refused(self, exc: SigV4Error, source_ip: str | None) -> None:
+        """An ``Authenticate`` record (or a count: kms/refusals.py) naming the access key
+        id when the request gave a well-formed one; never the signature or the body."""
         ident: dict[str, Any] = {"type": "Unknown"}
         if exc.access_key_id:
             ident["accessKeyId"] = exc.access_key_id[:128]
-        await self.provider.audit.emit("Authenticate", user_identity=ident,
-                                       error_code=exc.code, error_message=exc.message,
-                                       additional={"scheme": "AWS4-HMAC-SHA256",
-                                                   "service": "kms",
-                                                   "reason": type(exc).__name__})
+        await self.refusals.refused("Authenticate", source_ip, exc.code, user_identity=ident,
+                                    error_message=exc.message,
+                                    additional={"scheme": "AWS4-HMAC-SHA256",
+                                                "service": "kms",
+                                                "reason": type(exc).__name__})
 
 
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
@@ -262,4 +309,4 @@ class AmzTargetRoute(BaseRoute):
         await self.app(scope, receive, send)
 
 
-__all__ = ["AmzTargetRoute", "KmsAPI", "parse_body"]
+__all__ = ["AmzTargetRoute", "KeyOwners", "KmsAPI", "parse_body"]

@@ -56,6 +56,7 @@ class Caller:
     operator: bool = False
     secure: bool = True
     user_agent: str | None = None
+    access_key_id: str | None = None  # the SigV4 key that signed the call (never its secret)
 
 
 @dataclass(slots=True)

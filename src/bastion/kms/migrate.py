@@ -17,15 +17,22 @@ Crash-safe at every point, in three steps, each one atomic or idempotent:
 3. **drop** -- delete the old root's wrappings. From here only the new root decrypts.
 
 After a crash, running the migration again finishes it (or run it back the other way).
+
+Audited (given ``audit``) as ``MigrateRoot``: one record before anything is read (from and
+to keeper names, how many key versions there are and how many the source wraps; a trail
+that cannot record it stops the migration), one at the end with the counts, or one with
+``errorCode`` (the exception's class name) when it fails. No record holds key material, a
+wrapping or a keeper's PIN or passphrase.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from bastion.kms.core import wrap_context
-from bastion.kms.root import RootKeeper
+from bastion.kms.root import RootKeeper, RootUnavailable
 from bastion.store.fast import FastStore
 
 __all__ = ["STEPS", "MigrationError", "MigrationReport", "migrate_root"]
@@ -38,6 +45,10 @@ _MISSING = ("SELECT v.key_id, v.version, v.material FROM kms_key_versions v "
             "WHERE v.keeper = :src AND NOT EXISTS (SELECT 1 FROM kms_root_wrappings w "
             "WHERE w.key_id = v.key_id AND w.version = v.version AND w.keeper = :dst) "
             "ORDER BY v.key_id, v.version")
+
+
+class Recorder(Protocol):
+    async def emit(self, event_name: str, **fields: Any) -> Any: ...
 
 
 class MigrationError(Exception):
@@ -106,11 +117,42 @@ async def _switch(fast: FastStore, source: str, target: str) -> int | None:
 
 
 async def migrate_root(fast: FastStore, source: RootKeeper, target: RootKeeper, *,
-                       checkpoint: Checkpoint | None = None) -> MigrationReport:
+                       checkpoint: Checkpoint | None = None, audit: Recorder | None = None,
+                       user_identity: Mapping[str, Any] | None = None) -> MigrationReport:
     """Re-wrap every key version from ``source`` to ``target`` (the three steps above).
     ``await checkpoint(step)`` runs after each step of :data:`STEPS`. Raises
     :class:`MigrationError`, or the keepers' ``RootUnavailable``/``RootUnwrapError``
-    (before the switch, so nothing changed for the old root)."""
+    (before the switch, so nothing changed for the old root). With ``audit``, the start,
+    the end or the failure is a ``MigrateRoot`` record by ``user_identity``."""
+    async def record(phase: str, **fields: Any) -> None:
+        if audit is not None:
+            await audit.emit("MigrateRoot", user_identity=user_identity,
+                             request_parameters={"rootKeeper": {"from": source.name,
+                                                                "to": target.name}},
+                             additional={"phase": phase}, **fields)
+
+    row = await fast.one("SELECT COUNT(*), SUM(CASE WHEN keeper = :src THEN 1 ELSE 0 END) "
+                         "FROM kms_key_versions", src=source.name)
+    await record("start", response_elements={
+        "keyVersions": int(row[0] or 0) if row else 0,
+        "wrappedBySource": int(row[1] or 0) if row else 0})
+    try:
+        report = await _migrate(fast, source, target, checkpoint)
+    except Exception as exc:
+        # messages of these two are written for operators and hold no secret; of anything
+        # else only the class name is recorded
+        safe = isinstance(exc, MigrationError | RootUnavailable)
+        await record("failed", error_code=type(exc).__name__,
+                     error_message=str(exc)[:300] if safe else "the migration failed")
+        raise
+    await record("complete", response_elements={
+        "keyVersions": report.versions, "staged": report.staged,
+        "switched": report.switched, "dropped": report.dropped})
+    return report
+
+
+async def _migrate(fast: FastStore, source: RootKeeper, target: RootKeeper,
+                   checkpoint: Checkpoint | None) -> MigrationReport:
     async def _noop(step: str) -> None:
         return None
 

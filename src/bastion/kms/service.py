@@ -5,12 +5,15 @@ raises :class:`~bastion.kms.errors.KMSError` with the AWS error name. The wire l
 
 Every call is audited as CloudTrail records KMS calls (event name = operation, the key ARN
 as resource, the encryption context and key specs as request parameters) and never with a
-plaintext, a data key, a ciphertext, a signature or a MAC.
+plaintext, a data key, a ciphertext, a signature or a MAC. The record names the access key
+of a SigV4-signed call (``userIdentity.accessKeyId``); an operation the KMS does not have is
+recorded as ``UnknownOperation``, without reading the request.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["KMS", "Caller", "open_kms"]
 log = logging.getLogger("bastion.kms")
 Handler = Callable[[Call], Awaitable[dict[str, Any]]]
+_NAME_RE = re.compile(r"[A-Za-z]{1,64}")  # an operation name an audit record may copy
 
 OPERATIONS: dict[str, Handler] = {
     "CreateKey": manage.create_key,
@@ -100,6 +104,8 @@ def user_identity(caller: Caller) -> dict[str, Any]:
             ident["type"] = "AssumedRole"
     if caller.via_service:
         ident["invokedBy"] = caller.via_service
+    if caller.access_key_id:  # CloudTrail's userIdentity.accessKeyId
+        ident["accessKeyId"] = caller.access_key_id
     return ident
 
 
@@ -114,9 +120,13 @@ class KMS(Core):
     async def call(self, operation: str, request: dict[str, Any],
                    caller: Caller) -> dict[str, Any]:
         handler = OPERATIONS.get(operation)
-        if handler is None:
-            raise UnknownOperationException(f"Unknown operation {operation[:64]!r}")
         call = Call(self, operation, request, caller)
+        if handler is None:  # audited under a name of the catalogue; the request is not read
+            unknown = UnknownOperationException(f"Unknown operation {operation[:64]!r}")
+            call.params["operation"] = operation[:64] if _NAME_RE.fullmatch(operation) \
+                else "(malformed)"
+            await self._record(call, None, unknown, event="UnknownOperation")
+            raise unknown
         try:
             if not isinstance(request, dict):
                 raise ValidationException("the request body must be a JSON object")
@@ -136,7 +146,7 @@ class KMS(Core):
         return response
 
     async def _record(self, call: Call, response: dict[str, Any] | None,
-                      error: KMSError | None) -> None:
+                      error: KMSError | None, *, event: str | None = None) -> None:
         caller = call.caller
         fields: dict[str, Any] = {
             "user_identity": user_identity(caller),
@@ -160,7 +170,7 @@ class KMS(Core):
                 elements["keyMetadata"] = {k: meta.get(k) for k in
                                            ("KeyId", "Arn", "KeyState", "KeySpec", "KeyUsage")}
             fields["response_elements"] = elements or None
-        await self.audit.emit(call.operation, **fields)
+        await self.audit.emit(event or call.operation, **fields)
 
     # --- housekeeping --------------------------------------------------------------------
     async def purge_deleted(self, now: int | None = None) -> list[str]:

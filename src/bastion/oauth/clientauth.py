@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 from urllib.parse import unquote
 
+from cryptography import x509
 from starlette.requests import Request
 
 from bastion.identity.clients import CLIENT_ID_RE, ClientInfo, secret_matches
 from bastion.oauth.errors import InvalidClient, InvalidRequest, OAuthError
 from bastion.oauth.provider import Provider
 from bastion.oauth.rfc7523 import verify_client_assertion
+from bastion.tokens.binding import client_certificate
 
-AUTH_METHODS_SUPPORTED = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
+AUTH_METHODS_SUPPORTED = ("client_secret_basic", "client_secret_post", "private_key_jwt",
+                          "tls_client_auth", "none")
 
 
 def _basic(header: str) -> tuple[str, str]:
@@ -67,13 +71,54 @@ async def authenticate_client(request: Request, params: dict[str, str],
         raise InvalidClient("client authentication required")
 
     client = await provider.client(client_id)
+    if method == "none" and client is not None and client.auth_method == "tls_client_auth":
+        method = "tls_client_auth"  # RFC 8705 §2: the certificate is the credential
     if client is None or method not in client.auth_methods:
         # same answer for unknown clients and wrong methods: no client enumeration
         raise InvalidClient("client authentication failed")
     if method in ("client_secret_basic", "client_secret_post") and not secret_matches(
             provider.wrapper, client, secret):
         raise InvalidClient("client authentication failed")
+    if method == "tls_client_auth" and not await _certificate_matches(request, client,
+                                                                      provider):
+        raise InvalidClient("client authentication failed")
     return client
+
+
+def _names(cert: x509.Certificate, kind: str) -> list[str]:
+    if kind == "subject_dn":
+        return [cert.subject.rfc4514_string()]
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (x509.ExtensionNotFound, ValueError):
+        return []
+    if kind == "san_dns":
+        return [n.lower() for n in san.get_values_for_type(x509.DNSName)]
+    if kind == "san_uri":
+        return san.get_values_for_type(x509.UniformResourceIdentifier)
+    if kind == "san_ip":
+        return [str(i) for i in san.get_values_for_type(x509.IPAddress)]
+    return san.get_values_for_type(x509.RFC822Name)
+
+
+async def _certificate_matches(request: Request, client: ClientInfo,
+                               provider: Provider) -> bool:
+    """RFC 8705 §2.1: the certificate the TLS layer verified (chain to the trust bundle,
+    validity, EKU) carries the one name the client registered, and is not revoked."""
+    found = client_certificate(request.scope)
+    meta = client.tls_client_auth or {}
+    if found is None or len(meta) != 1:
+        return False
+    cert = found[0]
+    (kind, expected), = meta.items()
+    if kind == "subject_dn":
+        try:
+            expected = x509.Name.from_rfc4514_string(expected).rfc4514_string()
+        except ValueError:
+            return False
+    if not any(hmac.compare_digest(n.encode(), expected.encode()) for n in _names(cert, kind)):
+        return False
+    return await provider.ca.status(cert.serial_number) != "revoked"
 
 
 def claimed_client_id(request: Request, params: dict[str, str]) -> str | None:

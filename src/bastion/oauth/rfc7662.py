@@ -56,7 +56,8 @@ async def _describe(provider: Provider, caller: str, token: str, hint: str | Non
         out = {"active": True, "token_type": "Bearer", "scope": c.get("scope", ""),
                "client_id": access.client_id, "sub": access.subject, "exp": access.expires_at,
                "iat": c.get("iat"), "nbf": c.get("nbf"), "iss": c.get("iss"),
-               "aud": c.get("aud"), "jti": access.jti}
+               "aud": c.get("aud"), "jti": access.jti,
+               "cnf": c.get("cnf")}  # RFC 8705 §3.2: the certificate it is bound to
         return {k: v for k, v in out.items() if v is not None}
     now = int(time.time())
     found = await find_refresh(provider, token)

@@ -28,6 +28,8 @@ def metadata(provider: Provider, grant_types: list[str]) -> dict[str, Any]:
         "response_modes_supported": ["query"],
         "grant_types_supported": grant_types,
         "token_endpoint_auth_methods_supported": list(AUTH_METHODS_SUPPORTED),
+        # RFC 8705 §3.3: access tokens are bound to the client certificate of the request
+        "tls_client_certificate_bound_access_tokens": True,
         "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGS,
         "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS_SUPPORTED),
         "introspection_endpoint_auth_methods_supported": [

@@ -18,6 +18,7 @@ from bastion.oauth.grants.client_credentials import ClientCredentialsGrant
 from bastion.oauth.grants.refresh_token import RefreshTokenGrant
 from bastion.oauth.params import form_params
 from bastion.oauth.provider import Provider
+from bastion.tokens.binding import BOUND_THUMBPRINT, request_thumbprint
 
 log = logging.getLogger("bastion.oauth.token")
 
@@ -47,7 +48,13 @@ class TokenEndpoint:
             handler = self.grants.get(grant_type)
             if handler is None:
                 raise UnsupportedGrantType("unsupported grant_type")
-            body = await handler.handle(TokenRequest(self.provider, client, params))
+            # RFC 8705 §3: tokens issued over a connection with a client certificate are
+            # bound to it (cnf.x5t#S256), whatever the client authentication was
+            bound = BOUND_THUMBPRINT.set(request_thumbprint(request.scope))
+            try:
+                body = await handler.handle(TokenRequest(self.provider, client, params))
+            finally:
+                BOUND_THUMBPRINT.reset(bound)
         except OAuthError as exc:
             log.info("token request refused: %s (%s)", exc.error, exc.debug or exc.description)
             await self._audit(params, client_id, None, exc)

@@ -74,6 +74,9 @@ class Client(Base):
     roles: Mapped[list[str]] = mapped_column(JSON, default=list)  # for client_credentials
     jwks: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # for private_key_jwt
     created_at: Mapped[int] = mapped_column(Integer)
+    # RFC 8705 §2.1.2: the one name a tls_client_auth client's certificate must carry,
+    # {"san_uri": "spiffe://..."} (or subject_dn, san_dns, san_ip, san_email); migration 0009
+    tls_client_auth: Mapped[dict[str, str] | None] = mapped_column(JSON)
 
 
 class SigningKey(Base):
@@ -462,4 +465,67 @@ class PkiCertificate(Base):
     requester: Mapped[str] = mapped_column(String(512))
     revoked_at: Mapped[int | None] = mapped_column(BigInteger)
     revocation_reason: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+# --- ACME (acme/, migration 0009): orders and authorizations keep their details as JSON in
+# ``body``; the columns are what is looked up or swept ---
+class AcmeAccount(Base):
+    """An ACME account (RFC 8555 §7.1.2): its key as a JWK, found by RFC 7638 thumbprint;
+    ``policy`` an IAM policy of the identifiers it may order (acme/policy.py)."""
+
+    __tablename__ = "acme_accounts"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    thumbprint: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    jwk: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))  # valid | deactivated | revoked
+    contact: Mapped[str] = mapped_column(Text)  # JSON list
+    eab_kid: Mapped[str | None] = mapped_column(String(64))
+    policy: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class AcmeOrder(Base):
+    __tablename__ = "acme_orders"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(32), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    body: Mapped[str] = mapped_column(Text)
+
+
+class AcmeAuthz(Base):
+    __tablename__ = "acme_authzs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(32))
+    order_id: Mapped[str] = mapped_column(String(32), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    body: Mapped[str] = mapped_column(Text)
+
+
+class AcmeCertificate(Base):
+    """A certificate issued through ACME; ``cert_id`` its RFC 9773 identifier."""
+
+    __tablename__ = "acme_certificates"
+    serial: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(32))
+    order_id: Mapped[str] = mapped_column(String(32))
+    cert_id: Mapped[str] = mapped_column(String(255), index=True)
+    chain: Mapped[str] = mapped_column(Text)
+    not_before: Mapped[int] = mapped_column(BigInteger)
+    not_after: Mapped[int] = mapped_column(BigInteger)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class AcmeEabKey(Base):
+    """An external account binding key (§7.3.4): the HMAC key wrapped by the KEK, the
+    identifier policy its account gets, the account that used it (once)."""
+
+    __tablename__ = "acme_eab_keys"
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    mac_key: Mapped[bytes] = mapped_column(LargeBinary)
+    policy: Mapped[str | None] = mapped_column(Text)
+    account_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[int] = mapped_column(BigInteger)

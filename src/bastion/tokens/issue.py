@@ -18,6 +18,7 @@ from typing import Any
 from joserfc import jwt
 from joserfc.errors import SecurityWarning
 
+from bastion.tokens.binding import bound_claims
 from bastion.tokens.keys import KeyRing
 
 
@@ -58,6 +59,7 @@ class TokenIssuer:
         }
         if extra:
             claims.update(extra)
+        claims.update(bound_claims())  # RFC 8705 §3.1: cnf.x5t#S256 on an mTLS request
         # RFC 9068 §2.1: typ MUST be "at+jwt"
         return IssuedToken(self._sign("at+jwt", claims), jti, now + ttl, now)
 

@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from bastion.tokens.binding import check_binding
 from bastion.tokens.errors import (
     BearerError,
     InsufficientScope,
@@ -118,6 +119,7 @@ class BearerAuthMiddleware:
         try:
             raw = extract_bearer_token(Headers(scope=scope), scope.get("query_string", b""))
             token = await self.verifier.verify(raw)
+            check_binding(token.claims, scope)  # RFC 8705 §3: a bound token needs its cert
         except BearerError as err:
             logger.info("bearer authentication failed: %s (%s)", err.error, err.debug)
             if self.on_failure is not None:
@@ -193,6 +195,7 @@ class BearerToken:
     async def __call__(self, request: Request) -> VerifiedToken:
         raw = extract_bearer_token(request.headers, request.scope.get("query_string", b""))
         token = await self.verifier.verify(raw)
+        check_binding(token.claims, request.scope)
         request.scope.setdefault("state", {})["token"] = token
         _check(token, self.scopes, self.roles)
         return token
