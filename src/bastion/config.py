@@ -370,6 +370,10 @@ class Settings(BaseSettings):
     pki_permitted_ips: str = Field(
         "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7",
         description="Name constraints of the intermediate: IP ranges it may certify.")
+    demo_inventory_port: int = Field(8444, ge=0, le=65535, description="With serve --demo: "
+                                     "the port of the example inventory service (mutual "
+                                     "TLS with workload certificates; the Orders API checks "
+                                     "stock there when an order is created). 0: off.")
 
     # --- ACME server on the internal CA (acme/; docs/acme.md) -------------------------------
     acme: bool = Field(True, description="Serve ACME (RFC 8555) at /acme/directory, issuing "

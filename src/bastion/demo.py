@@ -156,6 +156,10 @@ def instructions(provider: Provider, creds: DemoCredentials, insecure: bool) -> 
     missing = "" if creds.client_secret and all(creds.passwords.values()) else (
         "\n  Some credentials were set before they were kept: `make clean` (or delete the "
         "data dir) starts the demo afresh.")
+    port = provider.settings.demo_inventory_port
+    inventory = (f"\nNew orders are checked against the inventory service on port {port} "
+                 "(mutual TLS, workload certificates; docs/pki.md, Service to service).\n"
+                 if port else "")
     return f"""
 {origin}
   client  {creds.client_id}  secret {creds.client_secret or unknown}
@@ -171,7 +175,7 @@ def instructions(provider: Provider, creds: DemoCredentials, insecure: bool) -> 
 
 3. Call the Orders API with the access_token:
     curl{k} -s -H "Authorization: Bearer PASTE_ACCESS_TOKEN" {base}/orders
-"""
+{inventory}"""
 
 
 async def callback_page(request: Request) -> Response:

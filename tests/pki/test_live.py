@@ -193,7 +193,8 @@ def test_certificate_api_is_guarded_by_iam(live: LiveServer, tmp_path: Path):
     issuer = _token(live, "pki-issuer", {"Version": "2012-10-17", "Statement": [{
         "Effect": "Allow", "Action": ["bastion:IssueCertificate", "bastion:GetCertificate",
                                       "bastion:RevokeCertificate"],
-        "Resource": "arn:bastion:pki::*:certificate/*"}]}, tmp_path)
+        "Resource": ["arn:bastion:pki::*:certificate/*", "arn:bastion:pki::*:name/*"]}]},
+        tmp_path)
     nobody = _token(live, "pki-nobody", None, tmp_path)
     body = {"csr": _csr("api-issued.test")}
     with live.http() as http:

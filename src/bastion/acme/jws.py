@@ -76,7 +76,7 @@ class Jws:
             return None
         try:
             return json.loads(self.payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the stack: not a 500
             raise Malformed("the JWS payload is not JSON") from None
 
 
@@ -112,7 +112,7 @@ def parse(body: bytes | dict[str, Any], *, algorithms: tuple[str, ...] = ALGORIT
                         "and signature")
     try:
         header = json.loads(b64decode(value["protected"], "protected"))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise Malformed("the protected header is not JSON") from None
     if not isinstance(header, dict):
         raise Malformed("the protected header is not a JSON object")
@@ -196,7 +196,7 @@ def verify_eab(binding: object, account_jwk: dict[str, Any], url: str,
         raise Unauthorized("externalAccountBinding verification error") from None
     try:
         bound = json.loads(inner.payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise Malformed("externalAccountBinding payload is not JSON") from None
     if not isinstance(bound, dict) or \
             thumbprint(import_public_key(bound)) != thumbprint(import_public_key(account_jwk)):

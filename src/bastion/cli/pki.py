@@ -41,14 +41,15 @@ def _requester() -> str:
     return f"local-operator:{operator()['userName']}"
 
 
-def _write(path: Path, data: str, *, secret: bool) -> None:
-    """Atomically replace ``path`` (a renewal never leaves a half-written file)."""
+def _write(path: Path, data: str | bytes, *, secret: bool) -> None:
+    """Atomically replace ``path`` (a renewal never leaves a half-written file; a symlink
+    planted at ``path`` is replaced, never followed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, 0o600 if secret else 0o644)
-        with os.fdopen(fd, "w") as f:
-            f.write(data)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -255,7 +256,7 @@ def crl(
     data = raw if der else x509.load_der_x509_crl(raw).public_bytes(
         serialization.Encoding.PEM)
     if out_file is not None:
-        out_file.write_bytes(data)
+        _write(out_file, data, secret=False)
     else:
         print(data.decode(), end="")
 

@@ -83,6 +83,11 @@ def serve(
         except TlsError as exc:
             err.print(f"[red]error:[/red] TLS: {exc}")
             raise typer.Exit(2) from None
+    if demo and settings.demo_inventory_port:  # the inventory service, called over mTLS
+        from bastion.demo_inventory import DemoServices
+
+        served = DemoServices(served, server=tls.app if tls is not None else served,
+                              settings=settings)
     # before any state is touched: a second server on the same data must not re-seed, rotate
     # or migrate anything under the running one
     if port_in_use(settings.host, settings.port):

@@ -172,7 +172,7 @@ async def create_client(db: AsyncSession, wrapper: KeyWrapper, *, name: str,
         raise IdentityError("authorization_code needs at least one redirect URI")
     uris = [check_redirect_uri(u) for u in redirect_uris]
     logout_uris = [check_redirect_uri(u) for u in post_logout_redirect_uris or []]
-    cid = client_id or secrets.token_urlsafe(16)
+    cid = client_id or new_client_id()
     if not CLIENT_ID_RE.fullmatch(cid):
         raise IdentityError("client_id must be 1-128 unreserved characters")
     if await db.get(Client, cid) is not None:
@@ -195,6 +195,14 @@ async def create_client(db: AsyncSession, wrapper: KeyWrapper, *, name: str,
     db.add(client)
     await db.flush()
     return client, secret
+
+
+def new_client_id() -> str:
+    """128 random bits, URL-safe, never starting with "-" (a command line would read
+    ``bastion iam attach client -xyz`` as an option)."""
+    while (cid := secrets.token_urlsafe(16)).startswith("-"):
+        pass
+    return cid
 
 
 def check_tls_client_auth(meta: dict[str, str]) -> dict[str, str]:

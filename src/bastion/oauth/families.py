@@ -27,6 +27,7 @@ from bastion.oauth.refresh import (
     TokenFamilies,
 )
 from bastion.store.fast import Reader, Tx
+from bastion.tokens.binding import BOUND_THUMBPRINT
 
 __all__ = ["Family", "Person", "Subject", "create_family", "issue_tokens", "load_subject",
            "profile_claims", "revoke_families", "revoke_family", "token_hash"]
@@ -83,8 +84,10 @@ async def create_family(tx: Tx, client: ClientInfo, user_id: str, scope: str,
                         sid: str | None, auth_time: int | None, amr: list[str],
                         ttl: int, *, families: TokenFamilies = _SQL_FAMILIES) -> Family:
     now = int(time.time())
+    # RFC 8705 §4: a public client's refresh tokens obtained over mutual TLS are bound to
+    # its certificate (a confidential client's are bound by its authentication already)
     family = Family(secrets.token_hex(16), client.client_id, user_id, sid, scope, auth_time,
-                    amr, now + ttl, None)
+                    amr, now + ttl, None, BOUND_THUMBPRINT.get() if client.public else None)
     await families.create(tx, family, now)
     return family
 

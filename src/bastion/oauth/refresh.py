@@ -34,12 +34,13 @@ class Family:
     amr: list[str]
     expires_at: int
     revoked_at: int | None
+    cnf_x5t: str | None = None  # RFC 8705 §4: the certificate its refresh tokens need
 
     @classmethod
     def of(cls, row: Row) -> Family:
         return cls(row["id"], row["client_id"], row["user_id"], row["sid"], row["scope"],
                    row["auth_time"], _json_list(row["amr"]), row["expires_at"],
-                   row["revoked_at"])
+                   row["revoked_at"], row["cnf_x5t"])
 
 
 @dataclass(frozen=True)
@@ -139,11 +140,13 @@ class SqlTokenFamilies:
 
     async def create(self, tx: Tx, family: Family, now: int) -> None:
         await tx.run("INSERT INTO token_families (id, client_id, user_id, sid, scope, "
-                     "auth_time, amr, created_at, expires_at, revoked_at) VALUES (:id, "
-                     ":client_id, :user_id, :sid, :scope, :auth_time, :amr, :now, :exp, NULL)",
+                     "auth_time, amr, created_at, expires_at, revoked_at, cnf_x5t) VALUES "
+                     "(:id, :client_id, :user_id, :sid, :scope, :auth_time, :amr, :now, "
+                     ":exp, NULL, :cnf)",
                      id=family.id, client_id=family.client_id, user_id=family.user_id,
                      sid=family.sid, scope=family.scope, auth_time=family.auth_time,
-                     amr=json.dumps(family.amr), now=now, exp=family.expires_at)
+                     amr=json.dumps(family.amr), now=now, exp=family.expires_at,
+                     cnf=family.cnf_x5t)
 
     async def revoke(self, tx: Tx, now: int, *, family_id: str | None = None,
                      sid: str | None = None) -> list[str]:

@@ -29,6 +29,7 @@ from bastion.edge import http
 from bastion.edge.authz import Guard, user_identity
 from bastion.edge.problem import problem
 from bastion.iam.authorizer import Authorizer, Principal, Subject
+from bastion.orders.inventory import StockCheck
 from bastion.store.fast import FastStore, Row
 from bastion.tokens.verify import TokenVerifier, VerifiedToken
 
@@ -176,6 +177,15 @@ class OrdersAPI:
         except ValidationError as exc:  # RFC 9457 §3.2: the specifics in an extension member
             return problem(422, "the order is invalid", errors=[
                 {"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()])
+        # demo mode: the inventory service is asked over mTLS (orders/inventory.py)
+        stock: StockCheck | None = getattr(request.app.state, "inventory", None)
+        refusal = await stock.check(data.item, data.quantity) if stock is not None else None
+        if refusal is not None:
+            await self.audit.emit("CreateOrder", user_identity=actor, error_code="NoStock",
+                                  error_message="the inventory refused the order",
+                                  request_parameters={"item": data.item,
+                                                      "quantity": data.quantity})
+            return refusal
         order = {"id": secrets.token_hex(8), "owner": owner, "item": data.item,
                  "quantity": data.quantity, "unit_price_cents": data.unit_price_cents,
                  "status": "placed", "created_at": int(time.time())}

@@ -21,7 +21,9 @@ from bastion.pki.errors import PkiError
 PROFILES = ("server", "client", "workload")
 MAX_NAMES = 100  # SANs per certificate
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-_SPIFFE_PATH = re.compile(r"^(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+$")
+# SPIFFE ID §2.2: path segments of letters, digits, ".", "-" and "_" only (no percent-
+# encoding, which would hide "/.." from a relying party that decodes the path)
+_SPIFFE_PATH = re.compile(r"^(/[A-Za-z0-9._-]+)+$", re.ASCII)
 #: RFC 5280 CRLReason names in the camelCase ACME and the CLI use
 REASONS: dict[str, x509.ReasonFlags] = {
     "unspecified": x509.ReasonFlags.unspecified,

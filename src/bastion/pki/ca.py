@@ -332,10 +332,14 @@ class CertificateAuthority:
         dns, ips, spiffe = build.csr_names(csr)
         n = build.names(dns, ips, spiffe, profile=profile, trust_domain=self.trust_domain)
         if allowed is not None:
-            permitted = {a.lower().rstrip(".") for a in allowed}
-            outside = [v for v in [*n.dns, *(str(i) for i in n.ips),
-                                   *([n.spiffe_id] if n.spiffe_id else [])]
-                       if v.lower() not in permitted]
+            # DNS names compare case-insensitively (n.dns is lower-case already); a SPIFFE
+            # ID's path is case-sensitive, so it must be allowed exactly
+            permitted = {a.lower().rstrip(".") for a in allowed
+                         if not a.startswith("spiffe://")}
+            permitted_ids = {a for a in allowed if a.startswith("spiffe://")}
+            outside = [v for v in [*n.dns, *(str(i) for i in n.ips)] if v not in permitted]
+            if n.spiffe_id is not None and n.spiffe_id not in permitted_ids:
+                outside.append(n.spiffe_id)
             if outside:
                 raise PkiError("rejectedIdentifier", f"the CSR asks for {outside[0]}, "
                                "which this requester may not have")

@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from bastion.edge.http import BodyError, read_body
+from bastion.pki.ca import normalise_serial
 from bastion.pki.errors import PkiError
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bastion.pki")
 CERT_ARN = "arn:bastion:pki::{account}:certificate/*"
+ACTION_ISSUE = "bastion:IssueCertificate"
 MAX_OCSP_REQUEST = 8192
 MAX_API_BODY = 65536
 _STATUS = {"badCSR": 400, "rejectedIdentifier": 403, "notFound": 404, "alreadyRevoked": 409,
@@ -53,6 +55,17 @@ def _problem(code: str, message: str, status: int | None = None) -> JSONResponse
 def _requester(request: Request) -> str:
     principal = request.scope.get("state", {}).get("principal")
     return str(getattr(principal, "arn", None) or "unknown")
+
+
+def _canonical_serial(request: Request) -> str:
+    """The path's serial, only in the form the IAM resource ARN was built from and policies
+    name (lower-case hex, no leading zeros): "ABC", "0abc" or "ab:c" would be another ARN
+    for the same certificate, outside a Deny on ``certificate/abc``."""
+    serial = str(request.path_params["serial"])
+    if normalise_serial(serial) != serial:
+        raise PkiError("invalidRequest", "the serial number must be lower-case hexadecimal "
+                       "without leading zeros or colons")
+    return serial
 
 
 class PkiHttp:
@@ -73,7 +86,7 @@ class PkiHttp:
             Route("/pki/crl/{ca_id}", self._safe(self.crl), methods=["GET"]),
             Route("/pki/ocsp", self._safe(self.ocsp_post), methods=["POST"]),
             Route("/pki/ocsp/{request:path}", self._safe(self.ocsp_get), methods=["GET"]),
-            protected("/pki/certificates", self.issue, "POST", "bastion:IssueCertificate"),
+            protected("/pki/certificates", self.issue, "POST", ACTION_ISSUE),
             protected("/pki/certificates/{serial}", self.get, "GET",
                       "bastion:GetCertificate"),
             protected("/pki/certificates/{serial}/revoke", self.revoke, "POST",
@@ -158,15 +171,52 @@ class PkiHttp:
         if not isinstance(profile, str) or (ttl is not None and (
                 not isinstance(ttl, int) or isinstance(ttl, bool))):
             raise PkiError("invalidRequest", "profile is a string and ttl an integer")
+        names = await self._authorize_names(request, csr, profile)
         issued = await self.ca.issue_for_csr(csr, profile=profile, ttl=ttl,
-                                             requester=_requester(request))
+                                             requester=_requester(request), allowed=names)
         return JSONResponse({"serial": issued.serial, "certificate": issued.pem(),
                              "chain": issued.pem_chain(),
                              "notAfter": int(issued.certificate.not_valid_after_utc
                                              .timestamp())}, status_code=201)
 
+    async def _authorize_names(self, request: Request, csr: x509.CertificateSigningRequest,
+                               profile: str) -> list[str]:
+        """Every name the CSR asks for must be allowed to the caller on its own ARN,
+        ``arn:bastion:pki::<account>:name/<name>`` (a DNS name, an IP, a SPIFFE ID), for
+        ``bastion:IssueCertificate``: the route's ``certificate/*`` only lets it use the API,
+        it does not let one workload take another's identity. Refusals are audited."""
+        from bastion.audit.context import current_request
+        from bastion.edge.authz import user_identity
+        from bastion.edge.tls import mtls_spiffe_id
+        from bastion.pki import build
+
+        dns, ips, spiffe = build.csr_names(csr)
+        values = build.names(dns, ips, spiffe, profile=profile,
+                             trust_domain=self.ca.trust_domain).values()
+        state = request.scope.get("state", {})
+        subject = state.get("subject")
+        if subject is None:  # pragma: no cover - the route's guard always runs first
+            raise PkiError("unavailable", "the caller is not authenticated")
+        iam, req = self.ca.p.iam, current_request.get()
+        extra = {"bastion:MtlsSpiffeId": sid} if (sid := mtls_spiffe_id(request.scope)) \
+            else None
+        for value in values:
+            arn = f"arn:bastion:pki::{iam.account}:name/{value}"
+            principal, decision = await iam.decide(
+                subject, ACTION_ISSUE, arn, source_ip=req.source_ip if req else None,
+                secure=req.secure if req else True, extra=extra)
+            if not decision.allowed:
+                await self.ca.p.audit.emit(
+                    "AccessDenied", user_identity=user_identity(subject, principal),
+                    request_parameters={"action": ACTION_ISSUE}, resources=[{"ARN": arn}],
+                    error_code="AccessDenied", error_message=decision.reason[:300],
+                    additional={"decision": decision.to_dict()})
+                raise PkiError("rejectedIdentifier", f"not authorized to perform "
+                               f"{ACTION_ISSUE} on {arn[:300]}")
+        return list(values)
+
     async def get(self, request: Request) -> Response:
-        row = await self.ca.get(request.path_params["serial"])
+        row = await self.ca.get(_canonical_serial(request))
         return JSONResponse({**row.as_dict(), "certificate": row.certificate})
 
     async def revoke(self, request: Request) -> Response:
@@ -174,5 +224,5 @@ class PkiHttp:
         reason = body.get("reason", "unspecified")
         if not isinstance(reason, str):
             raise PkiError("invalidRequest", "reason is an RFC 5280 reason name")
-        await self.ca.revoke(request.path_params["serial"], reason, _requester(request))
+        await self.ca.revoke(_canonical_serial(request), reason, _requester(request))
         return Response(status_code=204)

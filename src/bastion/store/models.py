@@ -144,6 +144,8 @@ class TokenFamily(Base):
     created_at: Mapped[int] = mapped_column(Integer)
     expires_at: Mapped[int] = mapped_column(Integer, index=True)
     revoked_at: Mapped[int | None] = mapped_column(Integer)
+    # RFC 8705 §4: a public client's refresh tokens, bound to its certificate (migration 0011)
+    cnf_x5t: Mapped[str | None] = mapped_column(String(64))
 
 
 class RefreshToken(Base):

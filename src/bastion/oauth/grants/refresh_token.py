@@ -5,6 +5,7 @@ two concurrent refreshes do not log the user out."""
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import Any
 
@@ -17,6 +18,7 @@ from bastion.oauth.refresh import (
     SqlTokenFamilies,
     TokenFamilies,
 )
+from bastion.tokens.binding import BOUND_THUMBPRINT
 
 
 class RefreshTokenGrant:
@@ -47,6 +49,11 @@ class RefreshTokenGrant:
                 raise InvalidGrant("invalid refresh token")
             if family.revoked_at is not None or family.expires_at <= now:
                 raise InvalidGrant("refresh token revoked or expired")
+            if family.cnf_x5t is not None and not hmac.compare_digest(
+                    (BOUND_THUMBPRINT.get() or "").encode(), family.cnf_x5t.encode()):
+                # RFC 8705 §4: without the certificate it is bound to (not the holder's
+                # mistake to punish: refuse, don't revoke)
+                raise InvalidGrant("the refresh token is bound to a client certificate")
             scopes = narrow_scope(params.get("scope"), family.scope.split(" "))
             # atomic: of two concurrent refreshes with one token only one rotates it
             rotated = await self.tokens.rotate(tx, h, now)
