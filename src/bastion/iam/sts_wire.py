@@ -49,21 +49,16 @@ from starlette.types import Receive, Scope, Send
 
 from bastion.audit.trail import AuditUnavailable
 from bastion.edge.authz import user_identity
-from bastion.edge.sigv4 import INVALID_TOKEN, SigV4Error, SigV4Verifier, UnrecognizedClient
+from bastion.edge.sigv4 import INVALID_TOKEN, SigV4Error, UnrecognizedClient
 from bastion.iam.authorizer import Principal, Subject
 from bastion.iam.scheme import SESSION_NAME_RE, parse_principal_arn, principal_arn, session_arn
 from bastion.iam.store import ROLE_SQL
-from bastion.identity.access_keys import (
-    MIN_SESSION,
-    AccessKeyRecord,
-    AccessKeys,
-    create_session_key,
-)
+from bastion.identity.access_keys import MIN_SESSION, AccessKeyRecord, create_session_key
 from bastion.identity.users import IdentityError
-from bastion.kms.api import KeyOwners
-from bastion.kms.refusals import RefusalAudit
+from bastion.kms.api import SigV4Plumbing
+from bastion.oauth import sts
 from bastion.oauth.provider import Provider
-from bastion.oauth.sts import StsError, _decide, _duration, _session_policy
+from bastion.oauth.sts import StsError
 
 log = logging.getLogger("bastion.sts")
 VERSION = "2011-06-15"
@@ -119,15 +114,10 @@ class StsWireAPI:
     """The ASGI endpoint (``routes()`` places it before the bearer ``/sts`` route)."""
 
     def __init__(self, provider: Provider) -> None:
-        s = provider.settings
         self.provider = provider
-        self.max_body = s.max_body_bytes
-        self.keys = AccessKeys(provider.fast, provider.wrapper, s.access_key_cache_ttl)
-        self.verifier = SigV4Verifier(self.keys, provider.kv, service="sts",
-                                      region=s.kms_region, max_skew=s.sigv4_max_skew,
-                                      replay_protection=s.sigv4_replay_protection)
-        self.owners = KeyOwners(provider, s.access_key_cache_ttl)
-        self.refusals = RefusalAudit(provider.audit, service="sts")
+        self.max_body = provider.settings.max_body_bytes
+        self.keys, self.verifier, self.owners, self.refusals = SigV4Plumbing.build(
+            provider, service="sts")
 
     def routes(self) -> list[BaseRoute]:
         return [StsQueryRoute(self)]
@@ -240,7 +230,7 @@ class StsWireAPI:
         if not SESSION_NAME_RE.fullmatch(session_name):
             raise StsError("ValidationError",
                            "RoleSessionName must be 2-64 of [A-Za-z0-9_+=,.@-]")
-        session_policy = _session_policy(params.get("Policy"))
+        session_policy = sts.session_policy(params.get("Policy"))
         call["params"]["policy"] = session_policy is not None
 
         def denied(why: str) -> StsError:
@@ -253,11 +243,11 @@ class StsWireAPI:
             raise denied("no such role")
         role_max = int(role[3])
         chained = record.owner_kind == "role"
-        duration = _duration(params.get("DurationSeconds"),
-                             min(role_max, CHAINED_MAX) if chained else role_max)
+        duration = sts.duration(params.get("DurationSeconds"),
+                                min(role_max, CHAINED_MAX) if chained else role_max)
         call["params"]["durationSeconds"] = duration
-        decision = _decide(provider, Request(scope), subject, principal, role_arn, ref.name,
-                           role[2])
+        decision = sts.decide(provider, Request(scope), subject, principal, role_arn,
+                              ref.name, role[2])
         if not decision.allowed:
             raise denied(decision.reason)
         if chained and record.expires_at is not None:

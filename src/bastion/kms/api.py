@@ -32,7 +32,7 @@ import logging
 import re
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from cachetools import LRUCache
 from starlette.routing import BaseRoute, Match
@@ -131,19 +131,34 @@ class KeyOwners:
         return subject
 
 
+class SigV4Plumbing(NamedTuple):
+    """What a SigV4 wire API (this one, the STS's) is built on: its access keys, the
+    verifier of ``service``'s signatures, the keys' owners and the refusal budget."""
+
+    keys: AccessKeys
+    verifier: SigV4Verifier
+    owners: KeyOwners
+    refusals: RefusalAudit
+
+    @classmethod
+    def build(cls, provider: Provider, *, service: str) -> SigV4Plumbing:
+        s = provider.settings
+        keys = AccessKeys(provider.fast, provider.wrapper, s.access_key_cache_ttl)
+        verifier = SigV4Verifier(keys, provider.kv, service=service, region=s.kms_region,
+                                 max_skew=s.sigv4_max_skew,
+                                 replay_protection=s.sigv4_replay_protection)
+        return cls(keys, verifier, KeyOwners(provider, s.access_key_cache_ttl),
+                   RefusalAudit(provider.audit, service=service))
+
+
 class KmsAPI:
     """The ASGI endpoint of the wire API (``routes()`` places it)."""
 
     def __init__(self, provider: Provider) -> None:
-        s = provider.settings
         self.provider = provider
-        self.max_body = s.kms_api_max_body
-        self.keys = AccessKeys(provider.fast, provider.wrapper, s.access_key_cache_ttl)
-        self.verifier = SigV4Verifier(self.keys, provider.kv, service="kms",
-                                      region=s.kms_region, max_skew=s.sigv4_max_skew,
-                                      replay_protection=s.sigv4_replay_protection)
-        self.refusals = RefusalAudit(provider.audit, service="kms")
-        self.owners = KeyOwners(provider, s.access_key_cache_ttl)
+        self.max_body = provider.settings.kms_api_max_body
+        self.keys, self.verifier, self.owners, self.refusals = SigV4Plumbing.build(
+            provider, service="kms")
 
     def routes(self) -> list[BaseRoute]:
         """``/kms`` (and ``/kms/``, where SDKs given an endpoint ending in ``/kms`` post) for
@@ -309,4 +324,4 @@ class AmzTargetRoute(BaseRoute):
         await self.app(scope, receive, send)
 
 
-__all__ = ["AmzTargetRoute", "KeyOwners", "KmsAPI", "parse_body"]
+__all__ = ["AmzTargetRoute", "KeyOwners", "KmsAPI", "SigV4Plumbing", "parse_body"]

@@ -108,18 +108,20 @@ async def _read(provider: Provider, request: Request) -> dict[str, str]:
         raise StsError("ValidationError", exc.description or "malformed request") from None
 
 
-def _duration(raw: str | None, role_max: int) -> int:
+def duration(raw: str | None, role_max: int) -> int:
+    """``DurationSeconds`` checked against the role's maximum (default: an hour at most)."""
     if raw is None:
         return min(3600, role_max)
     if not _DURATION_RE.fullmatch(raw):
         raise StsError("ValidationError", "DurationSeconds must be an integer")
-    duration = int(raw)
-    if not 900 <= duration <= role_max:
+    seconds = int(raw)
+    if not 900 <= seconds <= role_max:
         raise StsError("ValidationError", f"DurationSeconds must be 900-{role_max}")
-    return duration
+    return seconds
 
 
-def _session_policy(raw: str | None) -> str | None:
+def session_policy(raw: str | None) -> str | None:
+    """The ``Policy`` parameter validated as a session policy, in compact JSON."""
     if raw is None:
         return None
     if len(raw) > MAX_SESSION_POLICY:
@@ -161,8 +163,8 @@ async def _assume_role(provider: Provider, request: Request, token: VerifiedToke
     call.role_arn = role_arn
     if not SESSION_NAME_RE.fullmatch(session_name):
         raise StsError("ValidationError", "RoleSessionName must be 2-64 of [A-Za-z0-9_+=,.@-]")
-    session_policy = _session_policy(params.get("Policy"))
-    call.params["policy"] = session_policy is not None
+    policy = session_policy(params.get("Policy"))
+    call.params["policy"] = policy is not None
     parents = _parents(token)
 
     def denied(why: str) -> StsError:
@@ -177,14 +179,14 @@ async def _assume_role(provider: Provider, request: Request, token: VerifiedToke
         raise denied("the credentials or one they descend from were revoked")
     if role is None or principal is None:
         raise denied("no such role" if principal is not None else "unknown principal")
-    duration = _duration(params.get("DurationSeconds"), int(role[3]))
-    call.params["durationSeconds"] = duration
-    decision = _decide(provider, request, subject, principal, role_arn, ref.name, role[2])
+    seconds = duration(params.get("DurationSeconds"), int(role[3]))
+    call.params["durationSeconds"] = seconds
+    decision = decide(provider, request, subject, principal, role_arn, ref.name, role[2])
     if not decision.allowed:
         raise denied(decision.reason)
 
     now = int(time.time())
-    ttl = min(duration, token.expires_at - now, provider.settings.max_jwt_ttl)
+    ttl = min(seconds, token.expires_at - now, provider.settings.max_jwt_ttl)
     if ttl <= 0:
         raise StsError("ExpiredToken", "the credentials have expired", 403)
     session = session_arn(ref.name, session_name, account)
@@ -195,8 +197,8 @@ async def _assume_role(provider: Provider, request: Request, token: VerifiedToke
     for claim in ("amr", "auth_time"):
         if claim in token.claims:
             extra[claim] = token.claims[claim]
-    if session_policy is not None:
-        extra["session_policy"] = session_policy
+    if policy is not None:
+        extra["session_policy"] = policy
     issued = provider.tokens.access_token(
         subject=session, client_id=token.client_id or "sts", audience=provider.api_audience,
         scope=" ".join(sorted(token.scopes)), ttl=ttl, extra=extra)
@@ -225,8 +227,8 @@ async def _assume_role(provider: Provider, request: Request, token: VerifiedToke
     }, headers={"Cache-Control": "no-store"})
 
 
-def _decide(provider: Provider, request: Request, subject: Subject, principal: Principal,
-            role_arn: str, role_name: str, trust_text: str) -> Decision:
+def decide(provider: Provider, request: Request, subject: Subject, principal: Principal,
+           role_arn: str, role_name: str, trust_text: str) -> Decision:
     """One evaluation: the trust policy as the resource policy, with the caller's identity
     policies, permissions boundary and session policy (see the module docstring)."""
     try:
