@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,29 @@ def pg_url() -> Iterator[str]:
     asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database migrated once per session: each test starts from a copy of it
+    instead of running every migration again (``open_provider`` still runs ``migrate``,
+    which finds it at head)."""
+    from bastion.store.db import migrate_blocking
+
+    path = tmp_path_factory.mktemp("sqlite-template") / "bastion.db"
+    migrate_blocking(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+def sqlite_copy(template: Path, directory: Path) -> str:
+    """A copy of the migrated ``template`` in ``directory``; returns its URL."""
+    for part in template.parent.glob(template.name + "*"):  # with any -wal/-shm left
+        shutil.copyfile(part, directory / part.name)
+    return f"sqlite+aiosqlite:///{directory / template.name}"
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'bastion.db'}"
+        return sqlite_copy(request.getfixturevalue("sqlite_template"), tmp_path)
     url: str = request.getfixturevalue("pg_url")
     return url
 
@@ -98,25 +118,36 @@ async def provider(settings: Settings) -> AsyncIterator[Provider]:
         await p.close()
 
 
+_migrated: set[str] = set()
+
+
 async def _reset(url: str) -> None:
-    """PostgreSQL is shared by the session's tests: start each one from empty tables."""
+    """PostgreSQL is shared by the session's tests: start each one from empty tables.
+
+    The schema is migrated on the first call for a database (``open_provider`` migrates
+    again anyway); the tables are emptied with DELETE in one round trip, not TRUNCATE,
+    which rewrites ~40 relations (~0.5 s against ~0.05 s on these tiny tables). In replica
+    mode neither the audit trail's append-only triggers nor the foreign keys' fire, so the
+    order of the statements does not matter."""
     if not url.startswith("postgresql"):
         return
-    from sqlalchemy import text
-
     from bastion.store.db import create_engine, migrate
     from bastion.store.models import Base
 
-    engine = create_engine(url)
+    if url not in _migrated:
+        engine = create_engine(url)
+        try:
+            await migrate(engine)
+        finally:
+            await engine.dispose()
+        _migrated.add(url)
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
-        await migrate(engine)
-        names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-        async with engine.begin() as conn:
-            # the audit trail's append-only triggers do not fire in replica mode
-            await conn.execute(text("SET LOCAL session_replication_role = replica"))
-            await conn.execute(text(f"TRUNCATE {names} CASCADE"))
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica;" + "".join(
+                f' DELETE FROM "{t.name}";' for t in Base.metadata.sorted_tables))
     finally:
-        await engine.dispose()
+        await conn.close()
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import secrets
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,8 +25,17 @@ from tests.kms import test_wire_api as wire
 from tests.kms.test_wire_api import REGION, _policy_file, aws_error, kms_client, post, signed
 from tests.live import LiveServer
 
-# the wire API tests' fixtures: a server without key caching, its access keys, a boto3 client
-server, keys, kms = wire.server, wire.keys, wire.kms
+# the wire API tests' fixtures: a server without key caching, its access keys
+server, keys = wire.server, wire.keys
+
+
+@pytest.fixture(scope="module")
+def kms(server: LiveServer, keys: dict[str, Any]) -> Iterator[Any]:
+    """The wire API tests' boto3 client, closed before the server stops: its kept-alive
+    connection would hold the server's shutdown (15 s, then a kill)."""
+    client = kms_client(server, keys["admin"])
+    yield client
+    client.close()
 
 pytestmark = pytest.mark.interop
 Request = tuple[str, bytes, dict[str, str]]
@@ -163,7 +173,7 @@ def test_key_of_a_disabled_user_is_refused(server: LiveServer) -> None:
 
 # --- KMS authorization -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def scoped(server: LiveServer, kms: Any) -> dict[str, Any]:
+def scoped(server: LiveServer, kms: Any) -> Iterator[dict[str, Any]]:
     """``key_a`` and ``key_b``; user ``onlyb`` may use only ``key_b``."""
     key_a = kms.create_key()["KeyMetadata"]
     key_b = kms.create_key()["KeyMetadata"]
@@ -172,7 +182,9 @@ def scoped(server: LiveServer, kms: Any) -> dict[str, Any]:
         "Version": "2012-10-17", "Statement": [
             {"Effect": "Allow", "Action": "kms:*", "Resource": key_b["Arn"]}]}))
     key = server.cli("iam", "access-keys", "create", "--user", "onlyb")
-    return {"a": key_a, "b": key_b, "client": kms_client(server, key, retries=1)}
+    client = kms_client(server, key, retries=1)
+    yield {"a": key_a, "b": key_b, "client": client}
+    client.close()
 
 
 def test_ciphertext_of_key_a_not_decrypted_by_a_key_b_caller(kms: Any,

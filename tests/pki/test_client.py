@@ -9,7 +9,7 @@ import asyncio
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ from bastion.config import Settings
 from bastion.demo_inventory import InventoryServer, orders_spiffe_id
 from bastion.edge.tls import verified_client
 from bastion.pki.client import CaIssuer, HttpIssuer, IssuanceError, WorkloadIdentity
-from tests.live import LiveServer, free_port, start_live_server
+from tests.conftest import sqlite_copy
+from tests.live import LiveServer, free_port
 
 pytestmark = pytest.mark.anyio
 TD = "bastion.internal"
@@ -29,8 +30,8 @@ ORDERS = orders_spiffe_id(TD)
 
 
 @pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'bastion.db'}"
+def database_url(tmp_path: Path, sqlite_template: Path) -> str:
+    return sqlite_copy(sqlite_template, tmp_path)
 
 
 class Seen:
@@ -213,14 +214,11 @@ async def test_ca_refusals_are_issuance_errors(provider, spiffe_id, ttl):
 
 # --- over HTTP: a CSR to a real `bastion serve` ---------------------------------------------
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """``bastion serve --demo``: its inventory (mTLS, the live CA) is the peer."""
-    port = free_port()
-    for server in start_live_server(tmp_path_factory.mktemp("s2s"), "--demo",
-                                    env_over={"BASTION_DEMO_INVENTORY_PORT": str(port)}):
-        server.env["INVENTORY_URL"] = f"https://127.0.0.1:{port}"
-        yield server
+@pytest.fixture
+def live(demo_live: LiveServer) -> LiveServer:
+    """``bastion serve --demo`` (tests/pki/conftest.py): its inventory (mTLS, the live CA)
+    is the peer."""
+    return demo_live
 
 
 def client_token(live: LiveServer, name: str, tmp: Path, *, allowed: bool) -> str:

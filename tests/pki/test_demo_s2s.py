@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,9 @@ from bastion.app import build_app
 from bastion.demo_inventory import InventoryServer, orders_spiffe_id
 from bastion.orders.inventory import InventoryClient
 from bastion.pki.client import CaIssuer, WorkloadIdentity
-from tests.conftest import ISSUER
+from tests.conftest import ISSUER, sqlite_copy
 from tests.flows import add_user, bearer
-from tests.live import BASTION, LiveServer, free_port, start_live_server
+from tests.live import BASTION, LiveServer, free_port
 
 pytestmark = pytest.mark.anyio
 TD = "bastion.internal"
@@ -28,8 +28,8 @@ TEA = {"item": "tea", "quantity": 2, "unit_price_cents": 350}
 
 
 @pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'bastion.db'}"
+def database_url(tmp_path: Path, sqlite_template: Path) -> str:
+    return sqlite_copy(sqlite_template, tmp_path)
 
 
 @pytest.fixture
@@ -121,13 +121,10 @@ async def test_without_the_demo_inventory_orders_are_unchanged(provider, token):
 
 # --- end to end: `bastion serve --demo` -----------------------------------------------------
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    port = free_port()
-    for server in start_live_server(tmp_path_factory.mktemp("demo-s2s"), "--demo",
-                                    env_over={"BASTION_DEMO_INVENTORY_PORT": str(port)}):
-        server.env["INVENTORY_URL"] = f"https://127.0.0.1:{port}"
-        yield server
+@pytest.fixture
+def demo(demo_live: LiveServer) -> LiveServer:
+    """``bastion serve --demo`` (tests/pki/conftest.py)."""
+    return demo_live
 
 
 def order_token(live: LiveServer) -> str:

@@ -8,7 +8,6 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -233,4 +232,3 @@ def test_certificate_api_is_guarded_by_iam(live: LiveServer, tmp_path: Path):
         missing = http.get("/pki/certificates/abcdef", headers=auth)
         assert missing.status_code == 404
         assert http.get("/pki/certificates/zz", headers=auth).status_code == 400
-    assert isinstance(httpx.URL(live.url), httpx.URL)
