@@ -4,6 +4,8 @@ smuggling, Java deserialisation and Log4Shell, PHP object injection, scanners.""
 from __future__ import annotations
 
 import base64
+import random
+import string
 
 import pytest
 
@@ -106,3 +108,29 @@ def test_jwts_and_base64_client_secrets_in_headers_pass() -> None:
 ])
 def test_log4shell_lookup_resolution(value: str, found: bool) -> None:
     assert (log4shell(value) is not None) is found
+
+
+@pytest.mark.parametrize("payload", [
+    base64.b64encode(b'O:8:"stdClass":1:{s:1:"a";s:1:"b";}').decode(),
+    base64.b64encode(b'O:12:"Foo\\Barbazquu":1:{s:1:"a";i:1;}').decode(),
+])
+def test_base64_serialized_objects_are_blocked(payload: str) -> None:
+    assert "php-object" in families(verdict(payload, "query"))
+
+
+@pytest.mark.parametrize("token", [
+    # random OAuth state/nonce/PKCE values that began with "tzo" + a digit's sextet, which the
+    # base64 form of the rule used to match (a real refusal of GET /authorize in bench/run.py)
+    "TZO4abcdefgh", "tzo0Xy_-12345", "TzoyQmFzZTY0", "tZo5OiAbCdEf",
+])
+def test_random_tokens_that_start_like_base64_objects_pass(token: str) -> None:
+    assert "php-object" not in families(verdict(token, "query"))
+
+
+def test_no_random_state_value_is_taken_for_a_serialized_object() -> None:
+    rng = random.Random(20261205)
+    alphabet = string.ascii_letters + string.digits + "-_"
+    hits = [t for t in ("Tzo" + "".join(rng.choice(alphabet) for _ in range(rng.randint(5, 40)))
+                        for _ in range(3000))
+            if "php-object" in families(verdict(t, "query"))]
+    assert hits == []
