@@ -55,6 +55,7 @@ from bastion.config import Settings  # noqa: E402
 from bastion.edge.authz import Guard, subject_of  # noqa: E402
 from bastion.edge.metrics import Metrics, MetricsMiddleware  # noqa: E402
 from bastion.orders import api as orders_api  # noqa: E402
+from bastion.orders.sealing import OrderSealer  # noqa: E402
 from bastion.runtime import open_provider  # noqa: E402
 
 GROUPS = (("bastion/edge/waf", "WAF"), ("bastion/edge/ratelimit", "rate limits"),
@@ -150,7 +151,8 @@ async def main(n: int) -> None:
         verified = await p.verifier.verify(token)
         subject = subject_of(verified, p.iam.account)
         principal = await p.iam.principal(subject)
-        orders = orders_api.OrdersAPI(p.fast, p.audit, p.settings.account_id)
+        orders = orders_api.OrdersAPI(p.fast, p.audit, p.settings.account_id,
+                                      OrderSealer(p.kms, p.settings.account_id))
         metrics = Metrics()
         guard = Guard(p.verifier, p.iam, p.audit, metrics)
         handler_only = Prepared(Starlette(routes=[Route("/orders", orders.list_orders)]),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import html.parser
@@ -119,6 +120,38 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def raised_limits(factor: int = 1000) -> str:
+    """The default rate limit rules, ``factor`` times the rate and burst, as JSON."""
+    from dataclasses import asdict, replace
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from bastion.config import DEFAULT_RATE_LIMITS
+
+    return json.dumps([asdict(replace(r, rate=r.rate * factor, burst=r.burst * factor))
+                       for r in DEFAULT_RATE_LIMITS])
+
+
+def worker_pids(proc: subprocess.Popen[Any], count: int, timeout: float = 60.0) -> list[int]:
+    """The worker processes of ``bastion serve --workers N`` (none when N is 1), once all
+    of them have had time to start."""
+    if count <= 1:
+        return []
+    deadline = time.monotonic() + timeout
+    path = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    while True:
+        children = []
+        for pid in map(int, path.read_text().split()):
+            with contextlib.suppress(OSError):
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    children.append(pid)
+        if len(children) >= count:
+            time.sleep(5)  # each opens its state and binds before it serves
+            return children
+        if time.monotonic() > deadline:
+            raise BenchError(f"only {len(children)} of {count} workers started")
+        time.sleep(0.2)
 
 
 def wait_http(url: str, proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
@@ -489,14 +522,18 @@ def bench_bastion(opt: argparse.Namespace, wa: Args, out: Path) -> dict[str, Res
     data_dir = Path(tempfile.mkdtemp(prefix="bastion-bench-"))
     port = opt.bastion_port or free_port()
     base = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, BASTION_ADMIN_PASSWORD=secrets.token_urlsafe(18))
+    env = dict(os.environ, BASTION_ADMIN_PASSWORD=secrets.token_urlsafe(18),
+               # the limits stay on (every request pays for its decision), 1000x the
+               # defaults: one client from one address is all a benchmark has
+               BASTION_RATE_LIMIT_RULES=raised_limits())
     env.pop("BASTION_DATA_DIR", None)
     started = git_state()
     (out / "commit.txt").write_text(started + "\n")
     log(f"Bastion: starting on {base} (data {data_dir}), code at {started}")
     server_log = (out / "server.log").open("w")
     proc = subprocess.Popen([str(BASTION), "serve", "--dev", "--data-dir", str(data_dir),
-                             "--port", str(port), "--log-level", "warning"],
+                             "--port", str(port), "--log-level", "warning",
+                             "--workers", str(opt.workers)],
                             stdout=server_log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     results: dict[str, Result] = {}
     mint_notes: list[str] = []
@@ -514,7 +551,7 @@ def bench_bastion(opt: argparse.Namespace, wa: Args, out: Path) -> dict[str, Res
         bastion_cli(["users", "create", "benchuser", "--password-stdin",
                      "--role", "order:view"], data_dir, stdin=password + "\n")
         bc = BastionClient(base, cid, csecret, "benchuser", password)
-        pids = [proc.pid]
+        pids = [proc.pid, *worker_pids(proc, opt.workers)]
 
         warmup(opt, wa, "client_credentials.lua", f"{base}/token", [cid, csecret, "order:view"],
                out)
@@ -803,6 +840,8 @@ def main() -> int:
                          "most this many times, and only until the --wait-quiet deadline "
                          "(default 2; so never without --wait-quiet)")
     ap.add_argument("--only", choices=("bastion", "peer"), help="run one side only")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="bastion serve --workers (default 1)")
     ap.add_argument("--bastion-port", type=int, help="default: a free port")
     ap.add_argument("--peer-port", type=int, help="oidc-provider port (default: a free port)")
     ap.add_argument("--resource-port", type=int, help="peer resource server port (default: free)")
@@ -845,7 +884,8 @@ def main() -> int:
     info = versions(out)
     text = [f"wrk -t{opt.threads} -c{opt.conns} -d{opt.duration} --latency"
             + (f" --timeout={opt.wrk_timeout}" if opt.wrk_timeout else "")
-            + f"; warm-up {opt.warmup}; pools: Bastion {opt.pool}, peer {opt.peer_pool}; "
+            + f"; warm-up {opt.warmup}; Bastion --workers {opt.workers}; pools: Bastion "
+            f"{opt.pool}, peer {opt.peer_pool}; "
             f"total {elapsed:.0f}s",
             f"machine load before the run (other processes): {noise * 100:.0f}% of a core",
             "", table(bastion, peer), "", cpu_table(bastion, peer), ""]

@@ -4,6 +4,8 @@ its rate limits."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 from functools import partial
 
@@ -31,9 +33,11 @@ from bastion.edge.ratelimit import (
     flush_refusals,
 )
 from bastion.edge.request import RequestContext
+from bastion.edge.sharedlimits import SharedBackend, SharedTable
 from bastion.edge.shed import Shed
 from bastion.edge.waf.middleware import WafMiddleware
 from bastion.edge.waf.settings import build_waf, middleware_options
+from bastion.edge.workermetrics import WorkerMetrics
 from bastion.iam.bootstrap import ADMIN_SCOPE
 from bastion.iam.sts_wire import StsWireAPI
 from bastion.kms.api import KmsAPI
@@ -49,15 +53,22 @@ from bastion.oidc.discovery import discovery_endpoint, jwks_endpoint
 from bastion.oidc.logout import logout_endpoint
 from bastion.oidc.userinfo import userinfo_endpoint
 from bastion.orders import api as orders_api
+from bastion.orders.sealing import OrderSealer
 from bastion.pki.http import PkiHttp
 from bastion.store.kv import RedisKV
+from bastion.workers import SINGLE, Worker, run_dir, shared_limits_path
 
 
 def limiter(provider: Provider, prefix: str = "bastion:rl:") -> Backend:
-    """A rate limit backend: the provider's Redis when there is one, else memory."""
+    """A rate limit backend: the provider's Redis when there is one, else a table the
+    worker processes share (``bastion serve --workers N``), else memory."""
     if isinstance(provider.kv, RedisKV):
         return RedisBackend(provider.kv.client, prefix=prefix,
                             fail_mode=provider.settings.rate_limit_fail_mode)
+    if provider.worker.shared:
+        name = prefix.removeprefix("bastion:rl:").strip(":") or "edge"
+        return SharedBackend(SharedTable(shared_limits_path(provider.settings.data_dir,
+                                                            name)))
     return MemoryBackend()
 
 
@@ -142,7 +153,8 @@ def build_app(provider: Provider, *, demo: bool = False) -> Starlette:
     metrics.watch_edge(COUNTERS)
     bearer = [authenticate(p.verifier, p.audit, metrics)]
     guard = Guard(p.verifier, p.iam, p.audit, metrics)
-    orders = orders_api.OrdersAPI(p.fast, p.audit, p.settings.account_id)
+    orders = orders_api.OrdersAPI(p.fast, p.audit, p.settings.account_id,
+                                  OrderSealer(p.kms, p.settings.account_id))
     routes: list[BaseRoute] = [  # hottest first: Starlette matches routes in order
         Route("/token", TokenEndpoint(p, grants).handle, methods=["POST"]),
         *orders_api.routes(orders, guard),
@@ -174,8 +186,12 @@ def build_app(provider: Provider, *, demo: bool = False) -> Starlette:
     acme = AcmeServer(p) if p.settings.acme else None
     if acme is not None:
         routes += acme.routes()  # /acme/directory and what it names (docs/acme.md)
+    exported: Metrics | WorkerMetrics = metrics
+    if p.worker.shared:  # every worker's series in each scrape (edge/workermetrics.py)
+        exported = WorkerMetrics(metrics, run_dir(p.settings.data_dir), p.worker.index,
+                                 p.worker.count)
     if p.settings.metrics:
-        routes.append(Route("/metrics", partial(metrics_endpoint, metrics), methods=["GET"],
+        routes.append(Route("/metrics", partial(metrics_endpoint, exported), methods=["GET"],
                             middleware=guard("bastion:GetMetrics", METRICS_ARN,
                                              scope=ADMIN_SCOPE)))
     proxy = proxied_routes(p, guard, metrics)
@@ -191,6 +207,7 @@ def build_app(provider: Provider, *, demo: bool = False) -> Starlette:
                                 *rate_limits(provider, metrics),
                                 *web_firewall(provider, metrics)])
     app.state.metrics, app.state.proxy = metrics, proxy
+    app.state.exported = exported
     app.state.acme = acme  # its validation tasks end with the app (close_app)
     return app
 
@@ -210,11 +227,14 @@ class BastionServer:
     """The served ASGI application. State is opened at lifespan startup, on the server's
     event loop, then every request goes straight to the composed app."""
 
-    def __init__(self, settings: Settings, *, demo: bool = False) -> None:
+    def __init__(self, settings: Settings, *, demo: bool = False,
+                 worker: Worker = SINGLE) -> None:
         self.settings = settings
         self.demo = demo
+        self.worker = worker
         self.provider: Provider | None = None
         self.app: ASGIApp | None = None
+        self._tasks: list[asyncio.Future[None]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -231,7 +251,7 @@ class BastionServer:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    self.provider = await open_provider(self.settings)
+                    self.provider = await open_provider(self.settings, worker=self.worker)
                     # the CA exists from the first start; certificates the CLI issues point
                     # their CRL/OCSP URLs at this server
                     await self.provider.ca.ensure()
@@ -243,13 +263,21 @@ class BastionServer:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 self.provider.start_background()
-                self.app = build_app(self.provider, demo=self.demo)
+                self.app = app = build_app(self.provider, demo=self.demo)
+                exported = app.state.exported
+                if isinstance(exported, WorkerMetrics):
+                    self._tasks.append(asyncio.ensure_future(exported.run()))
                 # long-lived start-up objects leave the collector's view: full collections
                 # then scan only per-request garbage (shorter pauses, lower p99)
                 gc.collect()
                 gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                for task in self._tasks:
+                    task.cancel()
+                for task in self._tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
                 if self.app is not None:
                     await flush_refusals(self.app)  # the last second's refusal counts
                     await flush_challenges(self.app)

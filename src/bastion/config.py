@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     issuer: str | None = Field(None, description="Issuer URL (iss). Default: the address "
                                "served, https://host:port (http:// with dev).")
     dev: bool = Field(False, description="Allow plain HTTP, on loopback addresses only.")
+    workers: int = Field(1, ge=0, le=64, description="Processes bastion serve runs on one "
+                         "listening socket; 0: one per core. Without redis_url they share "
+                         "short-lived state and rate limits through files in data_dir/run; "
+                         "/metrics labels each series with its worker.")
     tls_cert: Path | None = Field(None, description="PEM certificate chain for HTTPS, "
                                   "reloaded when the file changes. Without it (and without "
                                   "dev) Bastion serves a certificate from its internal CA.")

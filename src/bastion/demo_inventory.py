@@ -107,8 +107,7 @@ class InventoryServer:
 
     @property
     def url(self) -> str:
-        host = connect_host(self.host)
-        return f"https://{'[' + host + ']' if ':' in host else host}:{self.port}"
+        return inventory_url(self.host, self.port)
 
     async def start(self) -> None:
         """Bind and serve (``OSError`` when the port is taken)."""
@@ -147,17 +146,27 @@ class InventoryServer:
         await server.shutdown()
 
 
+def inventory_url(host: str, port: int) -> str:
+    """Where the inventory service is reached from this host."""
+    address = connect_host(host)
+    return f"https://{'[' + address + ']' if ':' in address else address}:{port}"
+
+
 class DemoServices:
     """Pure ASGI around the served app (``bastion serve --demo``): once Bastion has
     started, the inventory service and the Orders workload identity start, and the
     Orders API checks stock through it (``app.state.inventory``); they stop first at
     shutdown. When the inventory cannot start (its port is taken), Orders run without
-    the check and the reason is logged."""
+    the check and the reason is logged. With ``serve_inventory=False`` (every worker of
+    ``serve --workers N`` but the leader) only the client starts: the leader's inventory
+    answers it."""
 
-    def __init__(self, app: ASGIApp, server: Any, settings: Any) -> None:
+    def __init__(self, app: ASGIApp, server: Any, settings: Any, *,
+                 serve_inventory: bool = True) -> None:
         self.app = app
         self.server = server  # the BastionServer: its provider and composed app
         self.settings = settings
+        self.serve_inventory = serve_inventory
         self.inventory: InventoryServer | None = None
         self.client: Any = None
 
@@ -185,13 +194,15 @@ class DemoServices:
 
         provider = self.server.provider
         port = self.settings.demo_inventory_port
-        inventory = InventoryServer(self.settings, provider, port)
-        try:
-            await inventory.start()
-        except OSError as exc:
-            log.error("the demo inventory service did not start on port %d (%s): orders "
-                      "are taken without a stock check", port, exc)
-            return
+        inventory: InventoryServer | None = None
+        if self.serve_inventory:
+            inventory = InventoryServer(self.settings, provider, port)
+            try:
+                await inventory.start()
+            except OSError as exc:
+                log.error("the demo inventory service did not start on port %d (%s): "
+                          "orders are taken without a stock check", port, exc)
+                return
         identity = WorkloadIdentity(orders_spiffe_id(self.settings.pki_trust_domain),
                                     CaIssuer(provider.ca, requester="bastion:demo-orders"))
         try:
@@ -199,10 +210,11 @@ class DemoServices:
         except Exception as exc:  # the CA refused: Orders run unchecked, said so
             log.error("the Orders workload certificate was not issued (%s): orders are "
                       "taken without a stock check", exc)
-            await inventory.stop()
+            if inventory is not None:
+                await inventory.stop()
             return
         self.inventory = inventory
-        self.client = InventoryClient(inventory.url, identity)
+        self.client = InventoryClient(inventory_url(self.settings.host, port), identity)
         self.server.app.state.inventory = self.client
 
     async def stop(self) -> None:

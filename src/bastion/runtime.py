@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,14 +13,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bastion.config import Settings
 from bastion.iam.bootstrap import bootstrap as bootstrap_iam
 from bastion.identity.users import create_user, get_user_by_name
-from bastion.kms import load_or_create_kek
-from bastion.kms.keyfile import KEK_FILE
+from bastion.kms import secrets as kms_secrets
+from bastion.kms.keyfile import KEK_FILE, read_or_create_kek
 from bastion.oauth.provider import Provider
 from bastion.store.db import create_engine, migrate, sessionmaker
 from bastion.store.fast import Row, open_fast_store
 from bastion.store.kv import create_kv
 from bastion.tokens import keys
 from bastion.tokens.denylist import Denylist
+from bastion.workers import SINGLE, Worker, shared_kv_path
 
 ADMIN_USERNAME = "admin"
 
@@ -81,35 +82,42 @@ async def record_change(provider: Provider, db: AsyncSession, event: str,
     await provider.audit.record_in(SessionTx(db), event, **fields)
 
 
-async def open_provider(settings: Settings, *, create: bool = True) -> Provider:
+async def open_provider(settings: Settings, *, create: bool = True,
+                        worker: Worker = SINGLE) -> Provider:
     """Open (and migrate) the state in ``settings.data_dir``; with ``create=False`` a data
-    dir without state raises ``NoState`` instead of being created."""
+    dir without state raises ``NoState`` instead of being created. ``worker``: one of
+    several serving processes, which share their short-lived state (``workers``)."""
     if not create and not has_state(settings):
         raise NoState(str(settings.data_dir))
-    wrapper = load_or_create_kek(settings.data_dir)
+    # secrets are wrapped through the KMS hierarchy (kms/secrets.py): the wrapper is
+    # attached to the secrets key once the KMS is open, before any secret is read
+    wrapper = kms_secrets.SecretWrapper(read_or_create_kek(settings.data_dir))
     engine = create_engine(settings.effective_database_url)
     try:
         await migrate(engine)
         sessions = sessionmaker(engine)
-        async with sessions.begin() as db:
-            await keys.bootstrap(db, wrapper, settings.signing_alg)
-        async with sessions() as db:
-            ring = await keys.load_keyring(db, wrapper)
     except BaseException:
         await engine.dispose()
         raise
-    kv = create_kv(settings.redis_url)
+    kv = create_kv(settings.redis_url,
+                   shared=shared_kv_path(settings.data_dir) if worker.shared else None)
     fast = await open_fast_store(settings.effective_database_url)
     try:
         provider = Provider(settings=settings, engine=engine, sessions=sessions, kv=kv,
-                            wrapper=wrapper, keyring=ring, denylist=Denylist(kv, sessions),
-                            fast=fast)
+                            wrapper=wrapper, keyring=cast(keys.KeyRing, None),  # loaded below
+                            denylist=Denylist(kv, sessions), fast=fast, worker=worker)
     except BaseException:  # the KMS root keeper could not be opened (fail closed)
         await kv.close()
         await fast.close()
         await engine.dispose()
         raise
     try:
+        await kms_secrets.attach(provider.kms, wrapper)
+        await kms_secrets.rewrap_legacy(fast, wrapper)
+        async with sessions.begin() as db:
+            await keys.bootstrap(db, wrapper, settings.signing_alg)
+        async with sessions() as db:
+            provider.keyring = await keys.load_keyring(db, wrapper)
         await provider.denylist.sync()
         await bootstrap_iam(provider.iam_admin)
     except BaseException:

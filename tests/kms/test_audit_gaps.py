@@ -340,5 +340,5 @@ def test_cli_migrate_root_writes_start_and_end_records(tmp_path: Path,
     got = [json.loads(line) for line in out.stdout.splitlines()]
     assert [g["additionalEventData"]["phase"] for g in got] == ["start", "complete"]
     assert got[0]["userIdentity"]["type"] == "LocalOperator"
-    assert got[1]["responseElements"]["switched"] == 1
+    assert got[1]["responseElements"]["switched"] == 2  # and the secrets key
     assert softhsm["pin"] not in out.stdout

@@ -137,7 +137,7 @@ async def test_provider_on_softhsm_survives_restart(softhsm, tmp_path: Path):
         blob = (await p.kms.call("Encrypt", {"KeyId": key, "Plaintext": b64(b"in hsm")},
                                  c))["CiphertextBlob"]
         rows = await p.fast.all("SELECT keeper FROM kms_key_versions")
-        assert [r[0] for r in rows] == ["pkcs11"]
+        assert [r[0] for r in rows] == ["pkcs11", "pkcs11"]  # and the secrets key's
     finally:
         await p.close()
     p = await open_provider(settings)
@@ -186,7 +186,7 @@ async def test_hsm_gone_fails_closed_then_recovers(softhsm, tmp_path: Path):
         out = await p.kms.call("Decrypt", {"CiphertextBlob": blob}, c)
         assert unb64(out["Plaintext"]) == b"z"
         # nothing changed while the root was away: one key, still on its first version
-        assert len((await p.kms.call("ListKeys", {}, c))["Keys"]) == 1
+        assert len((await p.kms.call("ListKeys", {}, c))["Keys"]) == 2  # and the secrets key
         assert (await p.kms.call("ListKeyRotations", {"KeyId": key}, c))["Rotations"] == []
     finally:
         await p.close()

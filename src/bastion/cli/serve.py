@@ -12,6 +12,7 @@ import typer
 
 from bastion.cli.common import DataDir, _run, _settings, err, out
 from bastion.edge.http import is_loopback_host
+from bastion.workers import Worker
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -52,42 +53,29 @@ def serve(
         "--demo", help="Seed the Orders example (once) and print how to use it.")] = False,
     dev: Annotated[bool, typer.Option("--dev", help="Plain HTTP on loopback (without "
                                                     "--tls-cert).")] = False,
+    workers: Annotated[int | None, typer.Option(
+        min=0, max=64, metavar="N", help="Worker processes on one socket (0: one per "
+        "core; default 1).")] = None,
     log_level: Annotated[str, typer.Option(metavar="LEVEL", help="Log level.")] = "info",
 ) -> None:
     """Run the identity provider and the Orders API, over TLS: --tls-cert/--tls-key (hot
     reloaded), else a certificate from the internal CA."""
-    import uvicorn
-
-    from bastion.app import BastionServer
     from bastion.demo import instructions, seed
-    from bastion.edge.server import server_options
+    from bastion.edge.tls import TlsError
     from bastion.runtime import ensure_admin
+    from bastion.workers import build_served, worker_count
 
     settings = _settings(data_dir=data_dir, host=host, port=port, issuer=issuer,
-                         tls_cert=tls_cert, tls_key=tls_key, dev=dev or None)
+                         tls_cert=tls_cert, tls_key=tls_key, dev=dev or None, workers=workers)
     if not settings.https and not is_loopback_host(settings.host):
         err.print("[red]error:[/red] --dev serves plain HTTP on loopback addresses only")
         raise typer.Exit(2)
-    # TLS (edge/tls.py): tls_cert/tls_key, else a certificate from the internal CA
-    served: Any = BastionServer(settings, demo=demo)
-    tls: Any = None
-    if settings.https:
-        from bastion.edge.tls import TlsError, TlsServing
-
-        server = served
-        tls = served = TlsServing(
-            server, settings, provider=lambda: server.provider,
-            metrics=lambda: getattr(getattr(server.app, "state", None), "metrics", None))
-        try:
-            tls.prepare()
-        except TlsError as exc:
-            err.print(f"[red]error:[/red] TLS: {exc}")
-            raise typer.Exit(2) from None
-    if demo and settings.demo_inventory_port:  # the inventory service, called over mTLS
-        from bastion.demo_inventory import DemoServices
-
-        served = DemoServices(served, server=tls.app if tls is not None else served,
-                              settings=settings)
+    count = worker_count(settings.workers)
+    try:  # TLS (edge/tls.py): tls_cert/tls_key, else a certificate from the internal CA
+        served, tls = build_served(settings, demo=demo, worker=Worker(0, count))
+    except TlsError as exc:
+        err.print(f"[red]error:[/red] TLS: {exc}")
+        raise typer.Exit(2) from None
     # before any state is touched: a second server on the same data must not re-seed, rotate
     # or migrate anything under the running one
     if port_in_use(settings.host, settings.port):
@@ -98,6 +86,11 @@ def serve(
 
     async def prepare(provider: Any) -> tuple[str | None, str | None]:
         password = await ensure_admin(provider)
+        # once, before any worker starts: the CA and the server certificate
+        await provider.ca.ensure()
+        await provider.ca.publish_at(provider.issuer_url)
+        if tls is not None:
+            await tls.ensure_certificate(provider)
         text = None
         if demo:
             creds = await seed(provider)
@@ -119,8 +112,37 @@ def serve(
                   f"`bastion ca export --out bastion-ca.pem` (a copy: {tls.tls_dir}/ca.pem)")
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # flood protection at the server layer: the guarded HTTP protocol (edge/server.py)
-    uvicorn.run(served, host=settings.host, port=settings.port,
-                ssl_context_factory=tls.context_factory if tls is not None else None,
-                log_level=log_level, access_log=False, lifespan="on",
-                server_header=False, **server_options(settings))
+    if count == 1:
+        import uvicorn
+
+        from bastion.workers import uvicorn_config
+
+        # flood protection at the server layer: the guarded HTTP protocol (edge/server.py)
+        server = uvicorn.Server(uvicorn_config(served, settings, tls, log_level,
+                                               host=settings.host, port=settings.port))
+        server.run()
+        if not server.started:
+            raise typer.Exit(3)  # the lifespan startup failed (logged), as uvicorn.run
+        return
+    _serve_workers(settings, demo=demo, count=count, log_level=log_level)
+
+
+def _serve_workers(settings: Any, *, demo: bool, count: int, log_level: str) -> None:
+    """``count`` worker processes on one socket, supervised (``bastion.workers``)."""
+    from bastion.workers import Supervisor, bind, reset_run_dir
+
+    reset_run_dir(settings.data_dir)
+    try:  # held, not listening, while the workers run: the port stays ours
+        sock = bind(settings.host, settings.port, backlog=None)
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot listen on {settings.host}:{settings.port}: "
+                  f"{exc.strerror}")
+        raise typer.Exit(1) from None
+    port = sock.getsockname()[1]
+    scheme = "https" if settings.https else "http"
+    err.print(f"Serving {scheme}://{settings.host}:{port} with {count} worker processes")
+    with sock:
+        code = Supervisor(settings, demo=demo, count=count, port=port,
+                          log_level=log_level).run()
+    if code:
+        raise typer.Exit(code)

@@ -70,6 +70,10 @@ class _Bounded:
         return text
 
 
+class Exporter(Protocol):
+    def exposition(self) -> bytes: ...
+
+
 class Metrics:
     """The metrics of one app, in ``self.registry`` (a fresh ``CollectorRegistry``)."""
 
@@ -268,7 +272,7 @@ class MetricsMiddleware:
                             time.perf_counter() - start)
 
 
-async def metrics_endpoint(metrics: Metrics, request: Request) -> Response:
+async def metrics_endpoint(metrics: Exporter, request: Request) -> Response:
     """``GET /metrics``: the Prometheus text exposition format (version 0.0.4)."""
     del request
     return Response(metrics.exposition(), media_type=CONTENT_TYPE_PLAIN_0_0_4,

@@ -51,6 +51,11 @@ class KeyWrapper:
 
 def load_or_create_kek(data_dir: Path) -> KeyWrapper:
     """Read the KEK, creating it (and the data dir, 0700) on first use."""
+    return KeyWrapper(read_or_create_kek(data_dir))
+
+
+def read_or_create_kek(data_dir: Path) -> bytes:
+    """The KEK's 32 bytes, creating it (and the data dir, 0700) on first use."""
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = data_dir / KEK_FILE
     if not path.exists():
@@ -70,5 +75,4 @@ def load_or_create_kek(data_dir: Path) -> KeyWrapper:
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise PermissionError(f"{path} must not be readable by group or others (mode {mode:o})")
-    raw = base64.b64decode(path.read_bytes().strip(), validate=True)
-    return KeyWrapper(raw)
+    return base64.b64decode(path.read_bytes().strip(), validate=True)

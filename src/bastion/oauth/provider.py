@@ -10,6 +10,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anyio.to_thread
 from sqlalchemy import delete
@@ -38,6 +39,7 @@ from bastion.tokens import keys
 from bastion.tokens.denylist import Denylist
 from bastion.tokens.issue import TokenIssuer
 from bastion.tokens.verify import TokenVerifier
+from bastion.workers import SINGLE, Worker
 
 log = logging.getLogger("bastion.oauth")
 
@@ -52,6 +54,7 @@ class Provider:
     keyring: keys.KeyRing
     denylist: Denylist
     fast: FastStore
+    worker: Worker = SINGLE  # its place among bastion serve's worker processes
     throttle: LoginThrottle = field(init=False)
     issuer_url: str = field(init=False)
     tokens: TokenIssuer = field(init=False)
@@ -75,7 +78,7 @@ class Provider:
                                       jwks=KeyRingSource(self), algorithms=keys.ALGORITHMS,
                                       denylist=self.denylist)
         self.audit = AuditTrail(self.fast, postgres=not isinstance(self.fast, SqliteStore),
-                                spool_dir=s.data_dir / "audit-spool",
+                                spool_dir=self._spool_dir(),
                                 failure_mode=s.audit_failure_mode, batch_max=s.audit_batch_max)
         self.notary = Notary(self.fast, self.wrapper, postgres=self.audit.postgres)
         self._checkpointed = (0, time.monotonic())  # records appended, when
@@ -87,6 +90,12 @@ class Provider:
             s.login_backoff_max, s.login_failure_window))
         self.kms = open_kms(s, self.fast, self.iam, self.audit)  # RootUnavailable: fail closed
         self.ca = CertificateAuthority(self)  # its keys are KMS keys, made on first use
+
+    def _spool_dir(self) -> Path:
+        """Each worker spools to a directory of its own and drains it (worker 0 uses the
+        single process's)."""
+        spool = Path(self.settings.data_dir) / "audit-spool"
+        return spool if self.worker.index == 0 else spool / f"worker-{self.worker.index}"
 
     # --- endpoints' URLs -------------------------------------------------------------------
     def url(self, path: str) -> str:
@@ -164,20 +173,28 @@ class Provider:
         seconds with new records."""
         s = self.settings
         await self.audit.drain_spool()
+        if not self.worker.leader:
+            return
         count, when = self._checkpointed
         new = self.audit.appended - count
-        if new >= s.audit_checkpoint_every or (
-                new > 0 and time.monotonic() - when >= s.audit_checkpoint_interval):
+        overdue = time.monotonic() - when >= s.audit_checkpoint_interval
+        if new >= s.audit_checkpoint_every or (new > 0 and overdue) or (
+                self.worker.shared and overdue):  # the other workers' records count too
             self._checkpointed = (self.audit.appended, time.monotonic())
             await self.notary.checkpoint()
 
     def start_background(self) -> None:
+        """Every worker keeps its key ring and denylist current and drains its audit spool;
+        the leader alone purges, runs KMS rotations and deletions, checkpoints and ships
+        the audit trail (``workers``)."""
         self._tasks.append(asyncio.create_task(self._every(self.settings.key_refresh_interval,
                                                            "_sync")))
+        self._tasks.append(asyncio.create_task(self._every(1.0, "audit_housekeeping")))
+        if not self.worker.leader:
+            return
         self._tasks.append(asyncio.create_task(self._every(self.settings.purge_interval,
                                                            "purge")))
         self._tasks.append(asyncio.create_task(self._every(1.0, "checkpoint")))
-        self._tasks.append(asyncio.create_task(self._every(1.0, "audit_housekeeping")))
         for spec in parse_sinks(self.settings.audit_sinks, allow_http_loopback=self.settings
                                 .audit_sink_allow_http_loopback):
             sink = Sink(spec, self.fast, self.settings.data_dir / "audit-sinks",

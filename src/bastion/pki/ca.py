@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bastion.pki")
 STATUS_TTL = 2.0  # seconds a serial's status is cached (revocations here clear it at once)
-CRL_TTL = 60.0  # seconds a built CRL is served before it is rebuilt (revocations: at once)
+CRL_TTL = 60.0  # seconds a built CRL is served before it is rebuilt (revocations: at once,
+# whichever process made them)
 CRL_VALIDITY = 86400  # nextUpdate - thisUpdate
 OCSP_VALIDITY = 3600
 SKEW = 60  # notBefore is back-dated this much for clients whose clocks run behind
@@ -131,7 +132,8 @@ class CertificateAuthority:
         self._roots: list[_Authority] = []
         self._intermediates: list[_Authority] = []  # newest first
         self._status: dict[str, tuple[float, str]] = {}
-        self._crls: dict[str, tuple[float, bytes]] = {}
+        # authority id -> (rebuilt after, the revocations it lists, DER)
+        self._crls: dict[str, tuple[float, list[tuple[str, int, str]], bytes]] = {}
         host = urlsplit(provider.issuer_url).hostname or "localhost"
         dns = [d.strip() for d in s.pki_permitted_dns.split(",") if d.strip()]
         self.permitted_ips = [ipaddress.ip_network(n.strip(), strict=False)
@@ -187,6 +189,10 @@ class CertificateAuthority:
         async with self._lock:
             await self._create_intermediate(requester)
             return self._intermediates[0].cert
+
+    def _by_id(self, ca_id: str) -> _Authority | None:
+        """The root or intermediate ``ca_id`` among those loaded."""
+        return next((a for a in (*self._roots, *self._intermediates) if a.id == ca_id), None)
 
     async def _load(self) -> None:
         rows = await db.authorities(self.fast)
@@ -448,29 +454,28 @@ class CertificateAuthority:
 
     async def authority(self, ca_id: str) -> x509.Certificate | None:
         await self.ensure()
-        for a in (*self._roots, *self._intermediates):
-            if a.id == ca_id:
-                return a.cert
-        return None
+        a = self._by_id(ca_id)
+        return a.cert if a is not None else None
 
     async def crl_der(self, ca_id: str | None = None) -> bytes:
         """The CRL of ``ca_id`` (default: the current intermediate), DER. A root's CRL
         lists no intermediates (rotation retires them by expiry, not revocation)."""
         current = await self.ensure()
-        ca = current if ca_id is None else next(
-            (a for a in (*self._roots, *self._intermediates) if a.id == ca_id), None)
+        ca = current if ca_id is None else self._by_id(ca_id)
         if ca is None:
             raise PkiError("notFound", "no such certificate authority")
-        hit = self._crls.get(ca.id)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
         now = int(time.time())
+        # read every time: a revocation made by another process (a worker of the same
+        # server, another instance, the CLI) is in the very next CRL
+        revoked = [] if ca.row.kind == "root" else await db.revoked(self.fast, ca.id, now)
+        hit = self._crls.get(ca.id)
+        if hit is not None and hit[0] > time.monotonic() and hit[1] == revoked:
+            return hit[2]
         async with self.fast.transaction() as tx:
             number = await db.next_crl_number(tx, ca.id)
-        revoked = [] if ca.row.kind == "root" else await db.revoked(self.fast, ca.id, now)
         der = build.crl(ca.key, ca.cert, number, revoked, now, now + CRL_VALIDITY) \
             .public_bytes(serialization.Encoding.DER)
-        self._crls[ca.id] = (time.monotonic() + CRL_TTL, der)
+        self._crls[ca.id] = (time.monotonic() + CRL_TTL, revoked, der)
         return der
 
     async def ocsp_response(self, request_der: bytes) -> bytes:

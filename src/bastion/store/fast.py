@@ -120,7 +120,7 @@ class SqliteStore:
     async def transaction(self) -> AsyncIterator[Tx]:
         async with self._lock:  # one transaction at a time on the writer connection
             deadline = time.monotonic() + BUSY_DEADLINE
-            delay = 0.001
+            delay = 0.0002
             while True:
                 try:
                     self._write.execute("BEGIN IMMEDIATE")
@@ -129,7 +129,7 @@ class SqliteStore:
                     if not _busy(exc) or time.monotonic() > deadline:
                         raise
                     await asyncio.sleep(delay)  # another process writes: wait on the loop
-                    delay = min(delay * 2, 0.05)
+                    delay = min(delay * 2, 0.004)
             try:
                 yield _SqliteTx(self._write)
             except BaseException:

@@ -186,6 +186,9 @@ class Order(Base):
     unit_price_cents: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[int] = mapped_column(Integer)
+    # item, shipping_address, note as one envelope (bastion.orders.sealing); NULL: a row
+    # from before sealing, whose item is in clear until its owner next reads it
+    sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 Index("ix_families_user", TokenFamily.user_id)
