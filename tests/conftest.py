@@ -8,6 +8,7 @@ a missing server fails the PostgreSQL cases instead of skipping them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -33,9 +34,10 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    name = f"bastion_test_{secrets.token_hex(4)}"
+@contextlib.contextmanager
+def pg_database(prefix: str = "bastion_test") -> Iterator[str]:
+    """A new PostgreSQL database (its asyncpg URL), dropped afterwards."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
 
     async def admin(sql: str) -> None:
         conn = await asyncpg.connect(PG_ADMIN)
@@ -46,8 +48,16 @@ def pg_url() -> Iterator[str]:
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    yield f"{base}/{name}"
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    try:
+        yield f"{base}/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    with pg_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -18,14 +18,13 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bastion.edge.ratelimit import Rule
 from bastion.workers import Worker, reset_run_dir, run_dir, worker_count
-from tests.conftest import PG_ADMIN, raised_rate_limits
+from tests.conftest import pg_database, raised_rate_limits
 from tests.edge.test_proxy import client_token
 from tests.flows import REDIRECT, Registered, authorize, bearer, exchange, tokens_for
 from tests.live import LiveServer, start_live_server
@@ -45,21 +44,10 @@ def rules() -> str:
 
 
 @pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
+def own_pg_database() -> Iterator[str]:
     """A database of its own for the module's server (the session's is wiped per test)."""
-    name = f"bastion_workers_{secrets.token_hex(4)}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(PG_ADMIN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    yield f"{base}/{name}"
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with pg_database("bastion_workers") as url:
+        yield url
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres+redis"])
@@ -68,7 +56,7 @@ def live(request: pytest.FixtureRequest,
     env = {"BASTION_RATE_LIMIT_RULES": rules(),
            "BASTION_REFRESH_GRACE_SECONDS": "0"}  # reuse at once is reuse, not a retry
     if request.param == "postgres+redis":
-        env["BASTION_DATABASE_URL"] = request.getfixturevalue("pg_database")
+        env["BASTION_DATABASE_URL"] = request.getfixturevalue("own_pg_database")
         env["BASTION_REDIS_URL"] = "redis://127.0.0.1:6379/0"
     for server in start_live_server(tmp_path_factory.mktemp("workers"), "--workers", "2",
                                     env_over=env):

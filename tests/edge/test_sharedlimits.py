@@ -6,7 +6,6 @@ shape reset rather than misread."""
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import random
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 
 from bastion.edge.ratelimit import US, MemoryBackend
 from bastion.edge.sharedlimits import PROBE, SharedBackend, SharedTable
+from tests.racers import race
 
 pytestmark = pytest.mark.anyio
 
@@ -131,14 +131,4 @@ def test_one_limit_across_real_processes(tmp_path: Path) -> None:
     """Four processes race for a burst of 100: exactly 100 are admitted in all."""
     path = tmp_path / "rl"
     SharedTable(path, slots=1024).close()
-    ctx = multiprocessing.get_context("spawn")
-    start, results = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(path, start, results)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    start.set()
-    admitted = [results.get(timeout=60) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
-    assert sum(admitted) == 100
+    assert sum(race(_worker, path)) == 100

@@ -4,12 +4,12 @@ machine's real Redis; and the SQLite KV across real processes."""
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import secrets
 
 import pytest
 
 from bastion.store.kv import KV, MemoryKV, RedisKV, SqliteKV
+from tests.racers import race
 
 pytestmark = pytest.mark.anyio
 
@@ -79,32 +79,21 @@ async def test_add_takes_an_expired_key_again(kv):
 
 def _hammer(path, start, results) -> None:
     """One worker process: 200 increments and 50 claims of shared single-use keys."""
-    async def main() -> tuple[int, int]:
+    async def main() -> int:
         kv = SqliteKV(path)
         start.wait()
         for _ in range(200):
             await kv.incr("counter", 60)
         won = sum([await kv.add(f"once:{i}", b"1", 60) for i in range(50)])
         await kv.close()
-        return won, 0
-    won, _ = asyncio.run(main())
-    results.put(won)
+        return won
+    results.put(asyncio.run(main()))
 
 
 def test_sqlite_kv_is_atomic_across_processes(tmp_path):
     """Four processes on one file: no increment lost, every single-use key claimed once."""
     path = tmp_path / "kv.sqlite3"
-    ctx = multiprocessing.get_context("spawn")
-    start, results = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_hammer, args=(path, start, results)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    start.set()
-    won = [results.get(timeout=60) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
-    assert sum(won) == 50
+    assert sum(race(_hammer, path)) == 50
 
     async def read() -> bytes | None:
         kv = SqliteKV(path)
