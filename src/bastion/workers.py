@@ -167,7 +167,7 @@ def _child(settings: Any, demo: bool, worker: Worker, port: int, log_level: str)
                         f"[worker {worker.index}] %(name)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # the parent migrated
     served, tls = build_served(settings, demo=demo, worker=worker)
-    server = _WorkerServer(uvicorn_config(served, settings, tls, log_level), worker)
+    server = _worker_server(uvicorn_config(served, settings, tls, log_level), worker)
     # bound, not listening: asyncio listens once the lifespan startup is done, so no
     # connection waits in the queue of a worker that is still starting (or fails to)
     with bind(settings.host, port, backlog=None) as sock:
@@ -176,7 +176,8 @@ def _child(settings: Any, demo: bool, worker: Worker, port: int, log_level: str)
         raise SystemExit(3)  # the lifespan startup failed (logged)
 
 
-def _worker_server_class() -> Any:
+def _worker_server(config: Any, worker: Worker) -> Any:
+    """uvicorn's server for ``worker`` (uvicorn is imported only in worker processes)."""
     import uvicorn
 
     class WorkerServer(uvicorn.Server):
@@ -196,11 +197,7 @@ def _worker_server_class() -> Any:
                     "https" if self.config.ssl else "http", host, port, self.worker.index,
                     self.worker.count)
 
-    return WorkerServer
-
-
-def _WorkerServer(config: Any, worker: Worker) -> Any:  # noqa: N802 (a class factory)
-    return _worker_server_class()(config, worker)
+    return WorkerServer(config, worker)
 
 
 class Supervisor:

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from bastion.edge.ratelimit import US, Verdict, gcra, sliding, verdict, window_verdict
+from bastion.edge.ratelimit import Verdict, gcra, sliding, verdict, window_verdict
 
 MAGIC = b"BSTNRL01"
 HEADER = struct.Struct("<8sI4x16s")  # magic, slots, the hash key
@@ -142,4 +142,4 @@ class SharedBackend:
         return self.table.step("w:" + key, step)
 
 
-__all__ = ["DEFAULT_SLOTS", "US", "SharedBackend", "SharedTable"]
+__all__ = ["DEFAULT_SLOTS", "SharedBackend", "SharedTable"]

@@ -11,7 +11,6 @@ seconds (a worker that stopped writing) is left out rather than reported as curr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -101,10 +100,6 @@ class WorkerMetrics:
             except OSError as exc:
                 log.warning("metrics: cannot write %s: %s", self.path(self.index), exc)
             await asyncio.sleep(self.interval)
-
-    def remove(self) -> None:
-        with contextlib.suppress(OSError):
-            self.path(self.index).unlink()
 
 
 __all__ = ["WorkerMetrics", "merge"]
