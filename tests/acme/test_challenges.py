@@ -161,3 +161,63 @@ async def test_deactivated_authorization_invalidates_the_order(client: AcmeClien
     assert (await client.post(url)).json()["status"] == "invalid"
     r = await client.post(authz_url, {"status": "deactivated"})
     assert (r.status_code, problem_type(r)) == (400, "malformed")
+
+
+async def test_poll_right_after_the_challenge_response_gets_the_outcome(
+        client: AcmeClient, http01: HttpResponder) -> None:
+    # the validation runs in this process: one POST-as-GET after the challenge response
+    # answers with its outcome (acme/base.py VALIDATION_WAIT), no polling loop
+    url, order = await new_order(client, "app.test")
+    authz_url = order["authorizations"][0]
+    ch = await challenge_of(client, authz_url, "http-01")
+    http01.tokens[ch["token"]] = client.key_authorization(ch["token"])
+    r = await client.post(ch["url"], {})
+    assert (r.status_code, r.json()["status"]) == (200, "processing")
+    assert r.headers["Retry-After"] == "1"
+    z = (await client.post(authz_url)).json()
+    assert z["status"] == "valid" and z["challenges"][0]["status"] == "valid"
+    assert (await client.post(url)).json()["status"] == "ready"
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize("poll", ["authz", "challenge", "order"])
+async def test_poll_waits_for_a_failing_validation_too(
+        client: AcmeClient, http01: HttpResponder, poll: str) -> None:
+    url, order = await new_order(client, "app.test")
+    authz_url = order["authorizations"][0]
+    ch = await challenge_of(client, authz_url, "http-01")
+    http01.tokens[ch["token"]] = ch["token"] + ".not-the-thumbprint"
+    assert (await client.post(ch["url"], {})).status_code == 200
+    target = {"authz": authz_url, "challenge": ch["url"], "order": url}[poll]
+    assert (await client.post(target)).json()["status"] == "invalid"
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize("acme_extra", [{"acme_validation_timeout": 30.0}], indirect=True,
+                         ids=["slow-validation"])
+async def test_poll_wait_is_bounded(client: AcmeClient, http01: HttpResponder,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # a validation that hangs: the poll answers "pending" after VALIDATION_WAIT, not later
+    import asyncio
+    import time
+
+    from bastion.acme import base
+    from bastion.acme.validate import Validator
+
+    gate = asyncio.Event()
+
+    async def hang(*_: object) -> None:
+        await gate.wait()
+
+    monkeypatch.setattr(base, "VALIDATION_WAIT", 0.2)
+    monkeypatch.setattr(Validator, "validate", hang)
+    url, order = await new_order(client, "app.test")
+    authz_url = order["authorizations"][0]
+    ch = await challenge_of(client, authz_url, "http-01")
+    assert (await client.post(ch["url"], {})).status_code == 200
+    t0 = time.monotonic()
+    z = (await client.post(authz_url)).json()
+    assert z["status"] == "pending" and z["challenges"][0]["status"] == "processing"
+    assert time.monotonic() - t0 < 5
+    gate.set()  # validate() returns None: valid
+    assert (await client.post(authz_url)).json()["status"] == "valid"

@@ -51,10 +51,21 @@ class AuthorizationResources(AcmeBase):
             raise NotFound("no such authorization")
         return z
 
+    async def _own_authz_settled(self, ctx: Ctx, authz_id: str) -> Authz:
+        """The authorization, once the validation running for it here has settled (bounded):
+        a poll right after the challenge response gets the outcome, not ``pending``."""
+        z = await self._own_authz(ctx, authz_id)
+        if z.status == "pending" and await self._settled([z.id]):
+            z = await self._own_authz(ctx, authz_id)
+        return z
+
     async def authz(self, request: Request) -> Response:
         ctx = await self._post(request)
-        z = await self._own_authz(ctx, request.path_params["id"])
         payload = ctx.token.json()
+        if payload is None or payload == {}:
+            z = await self._own_authz_settled(ctx, request.path_params["id"])
+        else:
+            z = await self._own_authz(ctx, request.path_params["id"])
         if isinstance(payload, dict) and payload.get("status") == "deactivated":  # §7.5.2
             if z.current_status(now()) not in ("pending", "valid"):
                 raise Malformed("only a pending or valid authorization can be deactivated")
@@ -78,12 +89,13 @@ class AuthorizationResources(AcmeBase):
 
     async def challenge(self, request: Request) -> Response:
         ctx = await self._post(request)
-        z = await self._own_authz(ctx, request.path_params["id"])
+        payload = ctx.token.json()
+        z = await (self._own_authz_settled if payload is None else self._own_authz)(
+            ctx, request.path_params["id"])
         kind = request.path_params["type"]
         ch = next((c for c in z.challenges if c["type"] == kind), None)
         if ch is None:
             raise NotFound("no such challenge")
-        payload = ctx.token.json()
         up = f'<{self.base}/authz/{z.id}>;rel="up"'
         if payload is None:  # POST-as-GET
             return await self._json(self._challenge_json(z, ch), links=(up,))
@@ -95,35 +107,37 @@ class AuthorizationResources(AcmeBase):
                 started = await self.store.save_authz(tx, z, expect="pending")
             if started:
                 key_authorization = f"{z.token}.{J.thumbprint(ctx.key)}"
-                task = asyncio.create_task(self._validate(z.id, kind, key_authorization))
+                self._validating[z.id] = asyncio.Event()
+                task = asyncio.create_task(self._validate(z, kind, key_authorization))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         return await self._json(self._challenge_json(z, ch), links=(up,))
 
-    async def _validate(self, authz_id: str, kind: str, key_authorization: str) -> None:
+    async def _validate(self, z: Authz, kind: str, key_authorization: str) -> None:
+        """Validate ``z`` (as the challenge POST read it: identifier, token and order do not
+        change) and settle the outcome."""
         try:
-            z = await self.store.authz(authz_id)
-            if z is None:
-                return
             problem = await self.validator.validate(kind, z.identifier["type"],
                                                     z.identifier["value"], z.token,
                                                     key_authorization)
-            await self._settle(authz_id, kind, problem)
+            await self._settle(z.id, z.order_id, kind, problem)
         except Exception:
-            log.exception("ACME validation of %s failed", authz_id)
-            await self._settle(authz_id, kind, ServerInternal("validation failed"))
+            log.exception("ACME validation of %s failed", z.id)
+            await self._settle(z.id, z.order_id, kind, ServerInternal("validation failed"))
+        finally:  # the polls waiting in _settled answer now, with the committed outcome
+            event = self._validating.pop(z.id, None)
+            if event is not None:
+                event.set()
 
-    async def _settle(self, authz_id: str, kind: str, problem: AcmeProblem | None) -> None:
+    async def _settle(self, authz_id: str, order_id: str, kind: str,
+                      problem: AcmeProblem | None) -> None:
         """The validation's outcome, the authorization's, and the order's when this was its
         last authorization, in one transaction with the audit record."""
-        first = await self.store.authz(authz_id)
-        if first is None:
-            return
         async with self.store.fast.transaction() as tx:
             # the order's row lock serializes the settling of its authorizations: without it
             # two validations finishing together each see the other still pending (READ
             # COMMITTED on PostgreSQL) and neither makes the order ready
-            await self.store.lock_order(tx, first.order_id)
+            await self.store.lock_order(tx, order_id)
             row = await tx.one("SELECT id, account_id, order_id, status, expires_at, body FROM "
                                "acme_authzs WHERE id = :id", id=authz_id)
             if row is None:

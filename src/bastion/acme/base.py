@@ -39,6 +39,10 @@ NONCE_PREFIX = "acme:nonce:"
 JOSE_TYPE = "application/jose+json"
 _NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}", re.ASCII)
 RETRY_AFTER_POLL = "1"  # validations take a round trip or two; lego waits 5 s without it
+# a POST-as-GET of an authorization, challenge or order whose validation runs in this process
+# waits at most this long for its outcome before answering (pebble answers as soon as it
+# knows; without the wait a client that polls gets "pending" until its next request)
+VALIDATION_WAIT = 1.0
 
 
 def rfc3339(ts: float) -> str:
@@ -80,7 +84,9 @@ class AcmeBase:
                                    s.acme_tls_alpn01_port, s.acme_dns_resolver,
                                    s.acme_validation_timeout)
         self._accounts: dict[str, tuple[float, Account]] = {}
+        self._keys: dict[str, J.PublicKey] = {}  # account keys imported, by RFC 7638 thumbprint
         self._tasks: set[asyncio.Task[None]] = set()
+        self._validating: dict[str, asyncio.Event] = {}  # authz id: set once settled
         meta: dict[str, Any] = {"externalAccountRequired": s.acme_eab_required,
                                 "website": provider.issuer_url}
         if s.acme_terms_of_service:
@@ -127,7 +133,8 @@ class AcmeBase:
             if not kid:
                 raise Malformed("this request must carry the public key as jwk")
             account = await self._account_for_kid(token.kid or "")
-            key = J.import_public_key(account.jwk, token.alg)
+            key = self._account_key(account)
+            J.check_alg(key, token.alg)
         try:
             J.verify(token, key)
         except Malformed as exc:
@@ -160,6 +167,31 @@ class AcmeBase:
             self._accounts.clear()
         self._accounts[account_id] = (t + self.settings.client_cache_ttl, account)
         return account
+
+    async def _settled(self, authz_ids: list[str]) -> bool:
+        """Wait (at most ``VALIDATION_WAIT`` seconds) for the validations of ``authz_ids``
+        running in this process; True if there was one to wait for (reread the state)."""
+        events = [e for i in authz_ids if (e := self._validating.get(i)) is not None]
+        if not events:
+            return False
+        try:
+            async with asyncio.timeout(VALIDATION_WAIT):
+                for event in events:
+                    await event.wait()
+        except TimeoutError:
+            pass
+        return True
+
+    def _account_key(self, account: Account) -> J.PublicKey:
+        """The account's public key, imported once per key (the thumbprint names the JWK's
+        required members, all that the import reads)."""
+        key = self._keys.get(account.thumbprint)
+        if key is None:
+            key = J.import_public_key(account.jwk)
+            if len(self._keys) > 10_000:
+                self._keys.clear()
+            self._keys[account.thumbprint] = key
+        return key
 
     async def _refused(self, event: str, problem: AcmeProblem,
                        account: Account | None, **fields: Any) -> None:

@@ -142,17 +142,26 @@ def import_public_key(jwk: object, alg: str | None = None) -> PublicKey:
     if isinstance(key, RSAKey):
         if key.raw_value.key_size < MIN_RSA_BITS:
             raise BadPublicKey(f"RSA keys must have at least {MIN_RSA_BITS} bits")
-        if alg is not None and alg != "RS256":
-            raise BadSignatureAlgorithm(f"{alg} does not go with an RSA key")
-        return key
-    if isinstance(key, (ECKey, OKPKey)):
-        crv = key.get("crv")
-        if crv not in ("P-256", "P-384", "Ed25519"):
+    elif isinstance(key, (ECKey, OKPKey)):
+        if key.get("crv") not in ("P-256", "P-384", "Ed25519"):
             raise BadPublicKey("unsupported curve")
-        if alg is not None and _CURVES.get(alg) != crv:
-            raise BadSignatureAlgorithm(f"{alg} does not go with a {crv} key")
-        return key
-    raise BadPublicKey("unsupported key type")
+    else:
+        raise BadPublicKey("unsupported key type")
+    if alg is not None:
+        check_alg(key, alg)
+    return key
+
+
+def check_alg(key: PublicKey, alg: str) -> None:
+    """``alg`` goes with ``key`` (RS256 with RSA, the curve's with EC and OKP), else
+    ``badSignatureAlgorithm``."""
+    if isinstance(key, RSAKey):
+        if alg != "RS256":
+            raise BadSignatureAlgorithm(f"{alg} does not go with an RSA key")
+        return
+    crv = key.get("crv")
+    if _CURVES.get(alg) != crv:
+        raise BadSignatureAlgorithm(f"{alg} does not go with a {crv} key")
 
 
 def verify(token: Jws, key: PublicKey) -> None:

@@ -110,6 +110,8 @@ class OrderResources(AcmeBase):
     async def order(self, request: Request) -> Response:
         ctx = await self._post(request)
         order = await self._own_order(ctx, request.path_params["id"])
+        if order.status == "pending" and await self._settled(order.authorizations):
+            order = await self._own_order(ctx, order.id)  # its validations have settled
         return await self._json(self._order_json(order, now()))
 
     async def finalize(self, request: Request) -> Response:

@@ -8,7 +8,9 @@ use, across instances when the KV is Redis) and whose ``url`` must be the URL it
 to. Errors are RFC 8555 problem documents (``acme/errors.py``) with a fresh Replay-Nonce.
 
 Validation runs in a task started by the challenge POST and writes its outcome; the order
-becomes ``ready`` in the same transaction as its last authorization. Issuance is
+becomes ``ready`` in the same transaction as its last authorization. A POST-as-GET of the
+authorization, challenge or order while that task runs in this process waits for it (at
+most ``VALIDATION_WAIT``, ``acme/base.py``), so a client's first poll gets the outcome. Issuance is
 synchronous in finalize, so an order is ``valid`` in its answer.
 """
 
