@@ -154,7 +154,8 @@ def build_app(provider: Provider, *, demo: bool = False) -> Starlette:
     bearer = [authenticate(p.verifier, p.audit, metrics)]
     guard = Guard(p.verifier, p.iam, p.audit, metrics)
     orders = orders_api.OrdersAPI(p.fast, p.audit, p.settings.account_id,
-                                  OrderSealer(p.kms, p.settings.account_id))
+                                  OrderSealer.from_settings(p.kms, p.settings))
+    kms_api, sts_api = KmsAPI(p), StsWireAPI(p)
     routes: list[BaseRoute] = [  # hottest first: Starlette matches routes in order
         Route("/token", TokenEndpoint(p, grants).handle, methods=["POST"]),
         *orders_api.routes(orders, guard),
@@ -176,12 +177,12 @@ def build_app(provider: Provider, *, demo: bool = False) -> Starlette:
         Route("/userinfo", partial(userinfo_endpoint, p), methods=["GET", "POST"],
               middleware=bearer),
         Route("/logout", partial(logout_endpoint, p), methods=["GET", "POST"]),
-        *StsWireAPI(p).routes(),  # POST /sts signed with SigV4 (AWS query protocol) first
+        *sts_api.routes(),  # POST /sts signed with SigV4 (AWS query protocol) first
         Route("/sts", partial(assume_role_endpoint, p), methods=["POST"], middleware=bearer),
 
     ]
     routes += iam_api.routes(iam_api.IamAPI(p.iam_admin, p.iam, p.fast), guard)
-    routes += KmsAPI(p).routes()  # POST /kms, and POST / only with X-Amz-Target
+    routes += kms_api.routes()  # POST /kms, and POST / only with X-Amz-Target
     routes += PkiHttp(p.ca).routes(guard)  # /pki/...: CA certificates, CRL, OCSP, the API
     acme = AcmeServer(p) if p.settings.acme else None
     if acme is not None:
@@ -209,13 +210,18 @@ def build_app(provider: Provider, *, demo: bool = False) -> Starlette:
     app.state.metrics, app.state.proxy = metrics, proxy
     app.state.exported = exported
     app.state.acme = acme  # its validation tasks end with the app (close_app)
+    # the SigV4 refusal budgets: their last summaries are written by close_app
+    app.state.refusal_audits = (kms_api.refusals, sts_api.refusals)
     return app
 
 
 async def close_app(app: ASGIApp) -> None:
     """Release what ``build_app`` opened: the proxy's upstream connections, the metrics'
-    hooks on the audit trail."""
+    hooks on the audit trail; and write the SigV4 refusals still counted, not recorded
+    (before the provider's audit trail closes)."""
     state = getattr(app, "state", None)
+    for refusals in getattr(state, "refusal_audits", ()):
+        await refusals.close()
     if state is not None and hasattr(state, "proxy"):
         await state.proxy.aclose()
         state.metrics.unwatch()

@@ -73,8 +73,9 @@ class Settings(BaseSettings):
     issuer: str | None = Field(None, description="Issuer URL (iss). Default: the address "
                                "served, https://host:port (http:// with dev).")
     dev: bool = Field(False, description="Allow plain HTTP, on loopback addresses only.")
-    workers: int = Field(1, ge=0, le=64, description="Processes bastion serve runs on one "
-                         "listening socket; 0: one per core. Without redis_url they share "
+    workers: int | None = Field(None, ge=0, le=64, description="Processes bastion serve "
+                                "runs on one listening socket; 0 or unset: one per core "
+                                "(unset with dev: 1). Without redis_url they share "
                          "short-lived state and rate limits through files in data_dir/run; "
                          "/metrics labels each series with its worker.")
     tls_cert: Path | None = Field(None, description="PEM certificate chain for HTTPS, "
@@ -229,6 +230,10 @@ class Settings(BaseSettings):
     waf_fail_open: bool = Field(False, description="Pass requests when the WAF engine "
                                 "fails (default: refuse with 503); logged and audited "
                                 "either way.")
+    waf_cache_dir: Path | None = Field(None, description="Directory of compiled rule "
+                                       "databases reused by later processes (created 0700; "
+                                       "each file authenticated with the key in "
+                                       "data_dir/waf-cache.key). Default: data_dir/cache/waf.")
 
     # --- WAF: OWASP Core Rule Set (edge/waf/crs; docs/waf.md "OWASP CRS") -------------
     waf_crs_dir: Path | None = Field(None, description="A CRS directory (Debian's "
@@ -354,6 +359,21 @@ class Settings(BaseSettings):
                                         "time.")
     kms_api_max_body: int = Field(131_072, ge=4096, le=16_777_216, description="Largest "
                                   "request body the AWS KMS wire API reads, in bytes.")
+
+    # --- Orders: sealed fields' data keys (orders/sealing.py, kms/envelope.py; docs/kms.md) --
+    orders_data_key_max_age: float = Field(300.0, gt=0, le=86400, description="Seconds a "
+                                           "cached data key of the Orders' sealed fields is "
+                                           "reused (sealing and opening) before the KMS is "
+                                           "asked again.")
+    orders_data_key_max_messages: int = Field(10_000, ge=1, le=2**32, description="Most "
+                                              "values sealed (or opened) with one cached "
+                                              "data key.")
+    orders_data_key_max_bytes: int = Field(16 * 2**20, ge=1, le=2**63 - 1, description="Most "
+                                           "bytes sealed (or opened) with one cached data "
+                                           "key; a larger value gets a data key of its own.")
+    orders_data_key_cache_size: int = Field(1000, ge=1, le=1_000_000, description="Most data "
+                                            "keys cached for sealing, and as many for "
+                                            "opening (least recently used dropped first).")
 
     # --- internal CA (pki/; docs/pki.md) --------------------------------------------------
     pki_trust_domain: str = Field("bastion.internal", pattern=r"^[a-z0-9]([a-z0-9.-]{0,253}"

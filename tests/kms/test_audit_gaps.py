@@ -242,8 +242,8 @@ def test_a_flood_of_bad_signatures_is_bounded_and_summarised(
         assert len(written) + suppressed == sent and summary
         first = summary[0]["additionalEventData"]
         assert first["service"] == "kms" and first["sources"][0]["source"] == "127.0.0.1"
-        assert first["sources"][0]["errorCodes"] == {"InvalidSignatureException":
-                                                     first["sources"][0]["count"]}
+        assert first["sources"][0]["errorCodes"] == [{"errorCode": "InvalidSignatureException",
+                                                      "count": first["sources"][0]["count"]}]
         assert key["SecretAccessKey"] not in json.dumps(found)
 
 
@@ -342,3 +342,120 @@ def test_cli_migrate_root_writes_start_and_end_records(tmp_path: Path,
     assert got[0]["userIdentity"]["type"] == "LocalOperator"
     assert got[1]["responseElements"]["switched"] == 2  # and the secrets key
     assert softhsm["pin"] not in out.stdout
+
+
+# --- 2c. bodies refused for their size; refusals counted just before shutdown ----------------
+FAKE_KEY_ID = "AKIAOVERSIZEDBODY123"
+
+
+def _claimed_auth(key_id: str = FAKE_KEY_ID) -> str:
+    """An Authorization header of the right shape (it is never verified: the body is not
+    read)."""
+    return (f"AWS4-HMAC-SHA256 Credential={key_id}/20260101/us-east-1/kms/aws4_request, "
+            f"SignedHeaders=content-type;host;x-amz-date;x-amz-target, Signature={'0' * 64}")
+
+
+@pytest.mark.anyio
+async def test_oversized_bodies_are_audited_like_sigv4_refusals(tmp_path: Path) -> None:
+    """A 413 (declared or streamed past kms_api_max_body) is an ``Authenticate`` record
+    through the refusal budget: the claimed access key id and target, never the body."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+
+    from bastion.edge.request import RequestContext
+    from bastion.kms.api import KmsAPI
+    from tests.conftest import make_settings
+
+    p = await open_provider(make_settings(tmp_path, None, kms_api_max_body=4096))
+    ids: dict[str, str] = {}
+    try:
+        app = Starlette(routes=KmsAPI(p).routes(), middleware=[Middleware(RequestContext)])
+        transport = httpx.ASGITransport(app=app, client=("192.0.2.9", 1))
+        async with httpx.AsyncClient(transport=transport, base_url="http://kms.test") as http:
+            big = b'{"Plaintext": "' + SECRET_MARK.encode() + b" " * 5000 + b'"}'
+
+            async def streamed() -> Any:
+                yield b'{"Plaintext": "' + SECRET_MARK.encode()
+                for _ in range(3):
+                    yield b" " * 2000
+                yield b'"}'
+
+            cases: dict[str, tuple[Any, dict[str, str]]] = {
+                "declared": (big, {"X-Amz-Target": "TrentService.Encrypt",
+                                   "Authorization": _claimed_auth()}),
+                "streamed": (streamed(), {"X-Amz-Target": "TrentService.Encrypt",
+                                          "Authorization": _claimed_auth()}),
+                "anonymous-malformed-target": (big, {"X-Amz-Target": "Trent Service.X"}),
+            }
+            for name, (content, headers) in cases.items():
+                resp = await http.post("/kms", content=content, headers=headers)
+                assert aws_error(resp)[:2] == (413, "ValidationException"), name
+                ids[name] = resp.headers["x-request-id"]
+        await p.audit.flush()
+        rows = await p.fast.all("SELECT body FROM audit_events WHERE event_name = "
+                                "'Authenticate' ORDER BY seq")
+    finally:
+        await p.close()
+    got = {r["requestID"]: r for r in (json.loads(bytes(row[0])) for row in rows)}
+    for name, request_id in ids.items():
+        record = got[request_id]
+        assert record["errorCode"] == "ValidationException", name
+        assert record["additionalEventData"]["reason"] == "BodyTooLarge"
+        assert record["sourceIPAddress"] == "192.0.2.9"
+        if name == "anonymous-malformed-target":
+            assert record["userIdentity"] == {"type": "Unknown"}
+            assert record["requestParameters"] == {"target": "(malformed)"}
+        else:
+            assert record["userIdentity"] == {"type": "Unknown", "accessKeyId": FAKE_KEY_ID}
+            assert record["requestParameters"] == {"target": "TrentService.Encrypt"}
+    text = json.dumps(list(got.values()))
+    assert SECRET_MARK not in text and "0" * 64 not in text
+
+
+@pytest.mark.anyio
+async def test_refusals_counted_just_before_shutdown_are_in_the_trail(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The served app's lifespan shutdown writes the refusal budget's last summary before
+    the audit trail closes (not 5 s later, into a closed trail)."""
+    import asyncio
+    import gc
+
+    import httpx
+
+    from bastion.app import BastionServer
+    from tests.conftest import make_settings
+
+    monkeypatch.setattr(gc, "freeze", lambda: None)  # not this test process's heap
+    settings = make_settings(tmp_path, None)
+    server = BastionServer(settings)
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    lifespan = asyncio.ensure_future(server({"type": "lifespan", "asgi": {"version": "3.0"}},
+                                            inbox.get, outbox.put))
+    await inbox.put({"type": "lifespan.startup"})
+    assert (await outbox.get())["type"] == "lifespan.startup.complete"
+    burst = 30  # kms/refusals.py: per source, records written at once before counting
+    transport = httpx.ASGITransport(app=server, client=("192.0.2.44", 1))
+    async with httpx.AsyncClient(transport=transport, base_url="http://kms.test") as http:
+        for _ in range(burst + 3):
+            resp = await http.post("/kms", content=b"{}", headers={
+                "X-Amz-Target": "TrentService.ListKeys",
+                "Content-Type": "application/x-amz-json-1.1"})
+            assert aws_error(resp)[:2] == (400, "MissingAuthenticationTokenException")
+    await inbox.put({"type": "lifespan.shutdown"})
+    assert (await outbox.get())["type"] == "lifespan.shutdown.complete"
+    await lifespan
+    p = await open_provider(settings)
+    try:
+        rows = await p.fast.all("SELECT body FROM audit_events WHERE event_name = "
+                                "'Authenticate' ORDER BY seq")
+    finally:
+        await p.close()
+    records = [json.loads(bytes(r[0])) for r in rows]
+    written = [r for r in records if r["errorCode"] == "MissingAuthenticationTokenException"]
+    summaries = [r["additionalEventData"] for r in records if r["errorCode"] == "Throttled"]
+    assert len(written) == burst
+    assert [(s["service"], s["suppressed"], s["sources"]) for s in summaries] == [
+        ("kms", 3, [{"source": "192.0.2.44", "count": 3, "errorCodes": [
+            {"errorCode": "MissingAuthenticationTokenException", "count": 3}]}])]

@@ -5,9 +5,13 @@ still open and are moved under the hierarchy."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import update
 
 from bastion.identity import access_keys as ak
@@ -66,8 +70,6 @@ async def test_stored_secrets_are_wrapped_by_the_secrets_key(provider: Provider)
 
 
 async def test_the_secrets_key_is_kept_from_api_callers(provider: Provider) -> None:
-    import json
-
     key_id = await secrets_key(provider)
     op = Caller("op", provider.settings.account_id, operator=True)
     policy = json.loads((await provider.kms.call("GetKeyPolicy", {"KeyId": key_id},
@@ -194,3 +196,59 @@ async def test_a_disabled_secrets_key_stops_a_start(provider: Provider) -> None:
     await provider.kms.call("EnableKey", {"KeyId": key_id}, op)
     again = await open_provider(provider.settings)
     await again.close()
+
+
+async def _rewrap_records(provider: Provider) -> list[dict[str, Any]]:
+    await provider.audit.flush()
+    rows = await provider.fast.all("SELECT body FROM audit_events WHERE event_name = "
+                                   "'RewrapLegacySecrets' ORDER BY seq")
+    return [json.loads(bytes(r[0])) for r in rows]
+
+
+async def test_the_rewrap_is_audited_once_with_counts_never_a_secret(
+        provider: Provider) -> None:
+    key_id = await secrets_key(provider)
+    assert await _rewrap_records(provider) == []  # a first start finds nothing to move
+    kek = KeyWrapper(read_or_create_kek(provider.settings.data_dir))
+    alice = await add_user(provider)
+    bob = await add_user(provider, "bob")
+    async with provider.sessions.begin() as db:
+        await db.execute(update(User).where(User.id == alice).values(
+            totp_secret=kek.wrap(b"LEGACYSEEDALICE", "totp")))
+        await db.execute(update(User).where(User.id == bob).values(  # does not open
+            totp_secret=KeyWrapper(os.urandom(32)).wrap(b"LEGACYSEEDBOB", "totp")))
+        legacy_key = await ak.create_access_key(db, kek, user="alice")
+    async with provider.fast.transaction() as tx:  # the next start's pass runs again
+        await tx.run("DELETE FROM kms_tags WHERE key_id = :k AND tag_key = :t", k=key_id,
+                     t=ks.DONE_TAG)
+    again = await open_provider(provider.settings)  # the re-wrap at start
+    await again.close()
+    assert await ks.rewrap_legacy(provider.fast, provider.wrapper) == {}  # type: ignore[arg-type]
+    again = await open_provider(provider.settings)  # done: not again
+    await again.close()
+    records = await _rewrap_records(provider)
+    assert len(records) == 1
+    (record,) = records
+    assert record["responseElements"] == {"rewrapped": {"users": 1, "access_keys": 1},
+                                          "notRewrapped": {"users": 1}, "total": 2}
+    assert record["resources"][0]["ARN"] == provider.kms.key_arn(key_id)
+    assert record["userIdentity"] == {"type": "Bastion", "principalId": "bastion:secrets"}
+    assert record["eventType"] == "ServiceEvent" and "errorCode" not in record
+    text = json.dumps(record)
+    for secret in ("LEGACYSEEDALICE", "LEGACYSEEDBOB", legacy_key.secret_access_key):
+        assert secret not in text
+
+
+async def test_an_unreadable_notary_key_is_logged_as_what_wraps_it(
+        provider: Provider, caplog: pytest.LogCaptureFixture) -> None:
+    """The log names the secrets key (not 'the KEK', which no longer wraps it)."""
+    stranger = ks.SecretWrapper(os.urandom(32))  # the same key id, other material
+    stranger.attach(await secrets_key(provider), {1: AESGCM(os.urandom(32))}, 1)
+    async with provider.fast.transaction() as tx:
+        await tx.run("INSERT INTO audit_signing_keys (kid, private_key, public_key, status, "
+                     "created_at) VALUES ('audit-planted', :p, :pub, 'active', 1)",
+                     p=stranger.wrap(os.urandom(32), "audit-checkpoint"), pub=b"\x00" * 32)
+    with caplog.at_level(logging.ERROR, logger="bastion"):
+        assert "audit-planted" not in await provider.notary.public_keys()
+    (message,) = [r.getMessage() for r in caplog.records if "audit-planted" in r.getMessage()]
+    assert ks.ALIAS in message and "KEK" not in message

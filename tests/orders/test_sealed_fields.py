@@ -350,3 +350,41 @@ async def test_open_refuses_wrong_content(provider):
         blob = await seal(materials, body, sealer.key_context, sealer.row_context("o", "1"))
         with pytest.raises(EnvelopeError):
             await sealer.open("o", "1", blob)
+
+
+# --- the cache's bounds are settings -------------------------------------------------------------
+def test_bounds_come_from_the_settings(tmp_path):
+    from bastion.config import Settings
+    from bastion.orders.sealing import DEFAULT_BOUNDS, bounds
+    from tests.conftest import make_settings
+
+    assert bounds(make_settings(tmp_path)) == DEFAULT_BOUNDS  # the defaults are the same
+    s = make_settings(tmp_path, orders_data_key_max_age=30, orders_data_key_max_messages=5,
+                      orders_data_key_max_bytes=4096, orders_data_key_cache_size=7)
+    assert bounds(s) == Bounds(max_age=30, max_messages=5, max_bytes=4096, capacity=7)
+    for bad in ({"orders_data_key_max_age": 0}, {"orders_data_key_max_age": 86401},
+                {"orders_data_key_max_messages": 0},
+                {"orders_data_key_max_messages": 2**32 + 1},
+                {"orders_data_key_max_bytes": 0}, {"orders_data_key_cache_size": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            Settings(data_dir=tmp_path, **bad)
+
+
+async def test_the_served_orders_api_uses_the_settings_bounds(tmp_path, database_url):
+    from bastion.app import build_app
+    from bastion.runtime import open_provider
+    from tests.conftest import ISSUER, _reset, make_settings
+
+    settings = make_settings(tmp_path, database_url, orders_data_key_max_messages=2)
+    await _reset(settings.effective_database_url)
+    provider = await open_provider(settings)
+    try:
+        token = mint(provider, await add_user(provider, "carol"))
+        transport = httpx.ASGITransport(app=build_app(provider), client=("127.0.0.1", 50000))
+        async with httpx.AsyncClient(transport=transport, base_url=ISSUER) as http:
+            before = len(await events(provider, "GenerateDataKey"))
+            for _ in range(5):
+                await place(http, token)
+            assert len(await events(provider, "GenerateDataKey")) - before == 3  # 2 + 2 + 1
+    finally:
+        await provider.close()

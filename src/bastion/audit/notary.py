@@ -2,9 +2,10 @@
 
 A checkpoint is a signed tree head (RFC 9162 Merkle root over the records' leaf hashes)
 for the first ``tree_size`` records, chained to the previous checkpoint like CloudTrail's
-digest files. The Ed25519 signing key is wrapped by the key-encryption key, like the token
-signing keys (and by the KMS once it exists). The tree's compact range ("frontier") is kept
-with each checkpoint so the next one continues in O(new records).
+digest files. The Ed25519 signing key is wrapped like Bastion's other secrets, by the KMS
+key ``alias/bastion/secrets`` (kms/secrets.py; older values by the key-encryption key). The
+tree's compact range ("frontier") is kept with each checkpoint so the next one continues in
+O(new records).
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ def _encode(cp: Checkpoint, frontier: Sequence[bytes]) -> str:
 def _unwrapped(wrapper: KeyWrapper, kid: Any, wrapped: Any,
                public: Any) -> Ed25519PrivateKey | None:
     """The private key of one ``audit_signing_keys`` row, or None (logged) when the row does
-    not hold a key wrapped by the KEK whose public key is the stored one. Never raises: a row
-    someone added, of whatever type or size, cannot stop signing or verification."""
+    not hold a key wrapped by ``wrapper`` whose public key is the stored one. Never raises: a
+    row someone added, of whatever type or size, cannot stop signing or verification."""
     if not isinstance(wrapped, bytes | bytearray | memoryview) \
             or not isinstance(public, bytes | bytearray | memoryview):
         log.warning("audit signing key %.80r: stored as %s/%s, not bytes: ignored", kid,
@@ -94,7 +95,8 @@ def _unwrapped(wrapper: KeyWrapper, kid: Any, wrapped: Any,
         found = Ed25519PrivateKey.from_private_bytes(wrapper.unwrap(bytes(wrapped),
                                                                     KEY_PURPOSE))
     except UnwrapError:
-        log.error("audit signing key %.80r does not unwrap with the KEK: not used", kid)
+        log.error("audit signing key %.80r does not unwrap with %s: not used", kid,
+                  wrapper.wrapped_by)
         return None
     except Exception as exc:  # a malformed row, whatever the wrapper makes of it
         log.error("audit signing key %.80r cannot be read (%s): not used", kid,

@@ -22,7 +22,8 @@ unknown key), then ``provider.kms.call``: the service authorizes (key policy, IA
 and audits the call, naming the access key (``userIdentity.accessKeyId``). A signed
 request refused before dispatch (no such operation, a body that is not JSON) is audited
 too: under its operation's name, or ``UnknownOperation`` with the ``X-Amz-Target`` it gave;
-never with its body.
+never with its body. A body over ``kms_api_max_body`` (413) is refused before its signature
+can be checked: an ``Authenticate`` record within the same budget (reason ``BodyTooLarge``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,13 @@ from starlette.types import Receive, Scope, Send
 
 from bastion.audit.context import current_request
 from bastion.audit.trail import AuditUnavailable
-from bastion.edge.sigv4 import INVALID_TOKEN, SigV4Error, SigV4Verifier, UnrecognizedClient
+from bastion.edge.sigv4 import (
+    INVALID_TOKEN,
+    SigV4Error,
+    SigV4Verifier,
+    UnrecognizedClient,
+    parse_authorization,
+)
 from bastion.iam.authorizer import Subject
 from bastion.identity.access_keys import AccessKeyRecord, AccessKeys
 from bastion.kms.core import Caller
@@ -190,7 +197,11 @@ class KmsAPI:
     async def _handle(self, scope: Scope, receive: Receive, state: dict[str, Any],
                       request_id: str) -> bytes:
         headers: Sequence[tuple[bytes, bytes]] = scope["headers"]
-        raw = await self._read(scope, receive)
+        try:
+            raw = await self._read(scope, receive)
+        except KMSError as exc:  # 413: refused before anyone is authenticated
+            await self._too_large(exc, headers, state.get("client_ip"))
+            raise
         try:
             verified = await self.verifier.verify(
                 scope["method"], scope.get("raw_path") or scope["path"].encode(),
@@ -290,6 +301,28 @@ class KmsAPI:
                                     additional={"scheme": "AWS4-HMAC-SHA256",
                                                 "service": "kms",
                                                 "reason": type(exc).__name__})
+
+    async def _too_large(self, exc: KMSError, headers: Sequence[tuple[bytes, bytes]],
+                         source_ip: str | None) -> None:
+        """A body refused for its size (413) is refused before its signature is checked
+        (SigV4 signs the body's hash): an ``Authenticate`` record (or a count) like the
+        SigV4 refusals, naming the access key id and target the request claims (their
+        shape checked first), never the body or the signature."""
+        ident: dict[str, Any] = {"type": "Unknown"}
+        authorization = _header(headers, b"authorization")
+        if authorization is not None:
+            try:
+                ident["accessKeyId"] = parse_authorization(authorization).access_key_id
+            except SigV4Error as bad:  # the id when the header got that far, unverified
+                if bad.access_key_id:
+                    ident["accessKeyId"] = bad.access_key_id[:128]
+        target = _header(headers, b"x-amz-target")
+        params = None if target is None else {
+            "target": target if _TARGET_RE.fullmatch(target) else "(malformed)"}
+        await self.refusals.refused("Authenticate", source_ip, exc.code, user_identity=ident,
+                                    request_parameters=params, error_message=exc.message,
+                                    additional={"service": "kms", "reason": "BodyTooLarge",
+                                                "maxBody": self.max_body})
 
 
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:

@@ -31,6 +31,11 @@ class KeyWrapper:
         # a separate subkey for keyed hashes (client secrets), never used for encryption
         self._mac_key = hmac.new(kek, b"bastion/mac-key/v1", hashlib.sha256).digest()
 
+    @property
+    def wrapped_by(self) -> str:
+        """What wraps new values, for log messages."""
+        return f"the key-encryption key ({KEK_FILE})"
+
     def wrap(self, plaintext: bytes, purpose: str) -> bytes:
         nonce = os.urandom(12)
         return _VERSION + nonce + self._aead.encrypt(nonce, plaintext, purpose.encode())

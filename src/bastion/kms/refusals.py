@@ -12,16 +12,17 @@ flood of garbage become a flood of audit writes, so the records are budgeted:
 A refusal beyond either is counted, not written. Within ``summary_every`` seconds of the
 first one counted, a single summary record is written (``errorCode`` ``Throttled``, the
 suppressed count, the busiest ``SUMMARY_SOURCES`` sources with their counts per error code,
-and how many others). The next record written for a source carries ``suppressedBefore``.
-So refusal records number at most ``burst + rate * t + t / summary_every + 1`` in ``t``
-seconds, whatever the request rate; the summaries keep the counts, so nothing is hidden.
-Counting costs memory bounded by ``max_sources`` (least recently refused sources are folded
-into one "other sources" count).
+and how many others), and one at shutdown with what is counted then (``close``). The next
+record written for a source carries ``suppressedBefore``. So refusal records number at most
+``burst + rate * t + t / summary_every + 1`` in ``t`` seconds, whatever the request rate;
+the summaries keep the counts, so nothing is hidden. Counting costs memory bounded by
+``max_sources`` (least recently refused sources are folded into one "other sources" count).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import time
@@ -93,6 +94,7 @@ class RefusalAudit:
         self._pending: dict[str, _Bucket] = {}  # sources with suppressed refusals
         self._others = 0  # suppressed refusals of sources evicted from _pending's cap
         self._flusher: asyncio.Task[None] | None = None
+        self._writing = False  # the flusher is past its sleep, writing a summary
         self.suppressed_total = 0  # for tests and metrics
 
     async def refused(self, event: str, source_ip: str | None, error_code: str,
@@ -132,12 +134,15 @@ class RefusalAudit:
             self._flusher = asyncio.create_task(self._summary_later())
 
     async def _summary_later(self) -> None:
-        await asyncio.sleep(self.summary_every)
+        await asyncio.sleep(self.summary_every)  # close() cancels it here, not later
+        self._writing = True
         try:
             await self.write_summary()
         except Exception:  # the trail's own failure policy already reported it
             log.warning("could not write the summary of suppressed %s refusals",
                         self.service, exc_info=True)
+        finally:
+            self._writing = False
 
     async def write_summary(self) -> None:
         """One record with the counts suppressed since the last (none when there are none)."""
@@ -158,15 +163,28 @@ class RefusalAudit:
             error_message=f"{total} refused {self.service} requests were counted, not "
                           "recorded one by one (the refusal audit budget)",
             additional={"service": self.service, "suppressed": total,
-                        "sources": [{"source": k, "count": n, "errorCodes": codes}
+                        # a list, not {code: n}: a code such as ExpiredTokenException
+                        # is a secret-sounding key the trail's redaction would blank
+                        "sources": [{"source": k, "count": n, "errorCodes": [
+                            {"errorCode": c, "count": m} for c, m in sorted(codes.items())]}
                                     for k, n, codes in shown],
                         "otherSourcesCount": rest})
 
     async def close(self) -> None:
-        """Write what is counted now (at shutdown)."""
-        if self._flusher is not None and not self._flusher.done():
-            self._flusher.cancel()
-        await self.write_summary()
+        """Write what is counted now (at shutdown: ``app.close_app``, before the audit
+        trail closes). A summary the trail refuses is logged at error level, not raised:
+        the rest of the shutdown (the trail's own final flush) still runs."""
+        task = self._flusher
+        if task is not None and not task.done():
+            if not self._writing:  # asleep: cancelled (a summary being written completes)
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        try:
+            await self.write_summary()
+        except Exception:
+            log.error("could not write the summary of suppressed %s refusals at shutdown",
+                      self.service, exc_info=True)
 
 
 __all__ = ["RefusalAudit", "source_key"]

@@ -9,7 +9,8 @@ wrapped secret is ``0x02`` followed by a KMS ciphertext blob (:mod:`bastion.kms.
 it names the key and version) sealed with the encryption context
 ``{"bastion:purpose": <purpose>}``, so a secret moved to another purpose does not open.
 Values wrapped before (``0x01``, the data dir's key-encryption key directly) still unwrap,
-and :func:`rewrap_legacy` moves them under the hierarchy at start.
+and :func:`rewrap_legacy` moves them under the hierarchy at start (audited as
+``RewrapLegacySecrets`` with counts per table, never a secret).
 
 The key is made on first start under a key policy that lets no principal use it through the
 KMS API; its versions are unwrapped once at start (:func:`attach`). ``keyed_hash`` (client
@@ -23,7 +24,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -47,6 +48,10 @@ LEGACY = b"\x01"  # keyfile.KeyWrapper's format: the KEK directly
 DONE_TAG = "bastion:legacy-rewrapped"  # on the secrets key: every KEK-wrapped value moved
 
 
+class Recorder(Protocol):
+    async def emit(self, event_name: str, **fields: Any) -> Any: ...
+
+
 class SecretsUnavailable(RootUnavailable):
     """The secrets key cannot be used (its material does not open under this root keeper,
     the root cannot be reached, the key is disabled or pending deletion): a clear startup
@@ -66,15 +71,28 @@ class SecretWrapper(KeyWrapper):
         self._key_id: str | None = None
         self._versions: dict[int, AESGCM] = {}
         self._current = 0
+        # the audit trail of the KMS it is attached through, and the key as an audit
+        # resource: rewrap_legacy records what it moved there
+        self.audit: Recorder | None = None
+        self.resource: dict[str, str] | None = None
 
     @property
     def key_id(self) -> str | None:
         return self._key_id
 
-    def attach(self, key_id: str, versions: Mapping[int, AESGCM], current: int) -> None:
+    @property
+    def wrapped_by(self) -> str:
+        """What wraps new values, for log messages."""
+        if self._key_id is None:
+            return super().wrapped_by
+        return f"the KMS key {ALIAS} (or the key-encryption key, for older values)"
+
+    def attach(self, key_id: str, versions: Mapping[int, AESGCM], current: int, *,
+               audit: Recorder | None = None, resource: dict[str, str] | None = None) -> None:
         if current not in versions:
             raise ValueError("the current version's material is needed")
         self._key_id, self._versions, self._current = key_id, dict(versions), current
+        self.audit, self.resource = audit, resource
 
     def wrap(self, plaintext: bytes, purpose: str) -> bytes:
         if self._key_id is None:
@@ -129,7 +147,8 @@ async def attach(kms: KMS, wrapper: SecretWrapper) -> str:
                 "that wraps it?") from None
         assert aead is not None
         versions[number] = aead
-    wrapper.attach(key_id, versions, rec.current_version)
+    wrapper.attach(key_id, versions, rec.current_version, audit=kms.audit, resource={
+        "ARN": kms.key_arn(key_id), "type": "AWS::KMS::Key", "accountId": kms.account})
     return key_id
 
 
@@ -167,18 +186,21 @@ COLUMNS = (
 
 async def rewrap_legacy(fast: FastStore, wrapper: SecretWrapper,
                         columns: tuple[Column, ...] = COLUMNS, *,
-                        force: bool = False) -> dict[str, int]:
+                        force: bool = False, audit: Recorder | None = None) -> dict[str, int]:
     """Re-wrap every value still wrapped by the KEK (``0x01``) under the secrets key: the
     same secret, a new wrapping (compare-and-set: a value changed meanwhile is left for the
     next start). A value that does not unwrap (a row someone altered) is left as it is, for
     its reader to refuse. Runs once (a tag on the secrets key records it) unless ``force``.
-    Returns the count re-wrapped per table."""
+    A pass that found KEK-wrapped values is one ``RewrapLegacySecrets`` record in ``audit``
+    (default: the trail of the KMS the wrapper was attached through) with the counts per
+    table, before the tag is set. Returns the count re-wrapped per table."""
     key_id = wrapper.key_id
     if key_id is None:
         raise SecretsUnavailable("the secrets key is not attached")
     if not force and any(k == DONE_TAG for k, _ in await db.tags(fast, key_id)):
         return {}
     done: dict[str, int] = {}
+    left: dict[str, int] = {}  # KEK-wrapped values that did not open: not moved
     for col in columns:
         cols = ", ".join((col.key, col.column, *col.extra))
         sql = f"SELECT {cols} FROM {col.table} WHERE {col.column} IS NOT NULL"  # noqa: S608
@@ -195,6 +217,7 @@ async def rewrap_legacy(fast: FastStore, wrapper: SecretWrapper,
                 except Exception as exc:  # UnwrapError, a malformed row: its reader refuses it
                     log.warning("%s %.80r: not re-wrapped (%s)", col.table, row[col.key],
                                 type(exc).__name__)
+                    left[col.table] = left.get(col.table, 0) + 1
                     continue
                 count += await tx.run(
                     f"UPDATE {col.table} SET {col.column} = :new WHERE {col.key} = :key "  # noqa: S608
@@ -203,6 +226,15 @@ async def rewrap_legacy(fast: FastStore, wrapper: SecretWrapper,
         if count:
             log.info("%d %s.%s value(s) moved under %s", count, col.table, col.column, ALIAS)
             done[col.table] = count
+    recorder = audit if audit is not None else wrapper.audit
+    if recorder is not None and (done or left):
+        await recorder.emit(
+            "RewrapLegacySecrets", user_identity={"type": "Bastion",
+                                                  "principalId": "bastion:secrets"},
+            resources=[wrapper.resource] if wrapper.resource else (),
+            request_parameters={"force": force},
+            response_elements={"rewrapped": done, "notRewrapped": left,
+                               "total": sum(done.values())})
     async with fast.transaction() as tx:
         await db.put_tags(tx, key_id, [(DONE_TAG, "true")])
     return done

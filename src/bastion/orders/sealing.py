@@ -27,14 +27,24 @@ from bastion.kms.envelope import (
 )
 
 if TYPE_CHECKING:
+    from bastion.config import Settings
     from bastion.kms.service import KMS
 
 ALIAS = "alias/bastion/orders"
 SENSITIVE = ("item", "shipping_address", "note")
-#: data keys: reused for at most 5 minutes, 10,000 orders and 16 MiB of sealed fields
+#: data keys: reused for at most 5 minutes, 10,000 orders and 16 MiB of sealed fields (the
+#: defaults of the ``orders_data_key_*`` settings)
 DEFAULT_BOUNDS = Bounds(max_age=300.0, max_messages=10_000, max_bytes=16 * 2**20,
                         capacity=1000)
 Fields = dict[str, str | None]
+
+
+def bounds(settings: Settings) -> Bounds:
+    """The data-key cache's bounds the ``orders_data_key_*`` settings give."""
+    return Bounds(max_age=settings.orders_data_key_max_age,
+                  max_messages=settings.orders_data_key_max_messages,
+                  max_bytes=settings.orders_data_key_max_bytes,
+                  capacity=settings.orders_data_key_cache_size)
 
 
 class OrderSealer:
@@ -53,6 +63,11 @@ class OrderSealer:
         self.key_context = {"bastion:service": "orders", "bastion:account": account}
         self._materials: CachingMaterials | None = None
         self._lock = asyncio.Lock()
+
+    @classmethod
+    def from_settings(cls, kms: KMS, settings: Settings) -> OrderSealer:
+        """The server's sealer: its account and cache bounds from ``settings``."""
+        return cls(kms, settings.account_id, bounds(settings))
 
     async def materials(self) -> CachingMaterials:
         """The caching materials manager, over the Orders KMS key (made on first use)."""
