@@ -14,7 +14,9 @@ chain transforms every targeted value once, joins them with a separator and scan
 one call; a hit is located by its offset and confirmed on its own value. A pattern that
 Hyperscan cannot compile exactly is compiled with ``HS_FLAG_PREFILTER`` and a candidate
 is confirmed with RE2 (linear time); one that not even the prefilter accepts runs in RE2
-alone. Python's backtracking ``re`` never sees a request.
+alone. Python's backtracking ``re`` never sees a request. Compiled databases are reused
+(``dbcache``): once per process, and across processes through an authenticated cache
+directory.
 
 ``inspect`` is synchronous, pure CPU and thread-safe (Hyperscan scratch space is per
 thread).
@@ -27,14 +29,15 @@ import threading
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
-from importlib import resources
+from functools import cached_property, lru_cache
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
 import hyperscan
 import re2
 
+from bastion.edge.waf.dbcache import Compiled, DbCache
 from bastion.edge.waf.decode import Field, HttpRequest, Refused, decode
 from bastion.edge.waf.operators import MODULES, OPERATORS, available
 from bastion.edge.waf.transforms import TRANSFORMS, check_chain
@@ -62,6 +65,7 @@ FAST_CHAIN = frozenset({"urlDecode", "urlDecodeUni", "htmlEntityDecode", "jsDeco
                         "normalizePathWin", "normalisePathWin", "cmdLine", "shellUnquote",
                         "utf8toUnicode"})
 LOWERING = frozenset({"lowercase", "cmdLine", "shellUnquote"})
+READS_MEMO = 2048  # (collection, name) answers kept per rule
 
 
 @dataclass(frozen=True)
@@ -106,11 +110,27 @@ class Rule:
             return frozenset()
         return frozenset(t for t in self.targets if ":" not in t)
 
+    @cached_property
+    def _read(self) -> dict[tuple[str, str], bool]:
+        """``reads`` answers by field (names repeat across requests; bounded in ``reads``)."""
+        return {}
+
     def reads(self, collection: str, name: str) -> bool:
         """Whether the rule reads this field: a target names it (``COLL``, ``COLL:name``,
         ``COLL:prefix*``) and no ``!`` target excludes it."""
         if collection in self._whole:
             return True
+        memo = self._read
+        key = (collection, name)
+        answer = memo.get(key)
+        if answer is None:
+            answer = self._reads(collection, name)
+            if len(memo) >= READS_MEMO:  # an attacker's endless new names cost no memory
+                memo.clear()
+            memo[key] = answer
+        return answer
+
+    def _reads(self, collection: str, name: str) -> bool:
         hit = False
         for target in self.targets:
             negate = target.startswith("!")
@@ -203,6 +223,7 @@ class WafConfig:
     body_limit: int = 131_072
     exclusions: Sequence[Exclusion | Mapping[str, Any]] = ()
     rules: Sequence[Rule] | None = None  # None: Bastion's own pack
+    cache: DbCache | None = None  # None: DbCache.default() ($XDG_CACHE_HOME/bastion/waf)
 
     def __post_init__(self) -> None:
         if not 1 <= self.paranoia <= 4:
@@ -263,27 +284,51 @@ def _compiles(pattern: bytes, flags: int) -> bool:
     return True
 
 
-_CHAINS: dict[tuple[tuple[str, ...], tuple[Rule, ...]], _Chain] = {}
-_CHAINS_LOCK = threading.Lock()
+BASE_FLAGS = hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_CASELESS | \
+    hyperscan.HS_FLAG_MULTILINE
 
 
-def chain_for(transforms: tuple[str, ...], rules: list[Rule]) -> _Chain:
-    """The compiled chain of these rules; compiled databases are shared by every ``Waf``
-    (read-only; scratch space is per thread), so building another is cheap."""
-    key = (transforms, tuple(rules))
-    with _CHAINS_LOCK:
-        chain = _CHAINS.get(key)
-        if chain is None:
-            if len(_CHAINS) >= 64:
-                _CHAINS.clear()
-            chain = _CHAINS[key] = _Chain(transforms, rules)
-        return chain
+@lru_cache(maxsize=1)
+def _re2_version() -> str:  # a plan depends on what RE2 accepts
+    try:
+        return metadata.version("google-re2")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _plan(rules: list[Rule], patterns: list[bytes]) -> Compiled:
+    """Every pattern exact when they all compile (the common case), else each exact, in
+    prefilter mode (confirmed by RE2) or left out (RE2 alone, or skipped)."""
+    if not patterns:
+        return Compiled(None, ())
+    try:
+        return Compiled(_compile(patterns, [BASE_FLAGS] * len(patterns)),
+                        (BASE_FLAGS,) * len(patterns))
+    except hyperscan.error:
+        pass
+    plan: list[int] = []
+    for rule, pat in zip(rules, patterns, strict=True):
+        if _compiles(pat, BASE_FLAGS):
+            plan.append(BASE_FLAGS)
+            continue
+        try:
+            re2.compile("(?i)" + rule.argument)
+        except re2.error:
+            plan.append(-1)
+            continue
+        prefilter = BASE_FLAGS | hyperscan.HS_FLAG_PREFILTER
+        plan.append(prefilter if _compiles(pat, prefilter) else -1)
+    kept = [i for i, f in enumerate(plan) if f != -1]
+    db = _compile([patterns[i] for i in kept], [plan[i] for i in kept]) if kept else None
+    return Compiled(db, tuple(plan))
 
 
 class _Chain:
-    """The rules sharing one transformation chain, their patterns in one database."""
+    """The rules sharing one transformation chain, their patterns in one database (from
+    ``cache``: compiled once per process and shared by every ``Waf``, read-only; scratch
+    space is per thread)."""
 
-    def __init__(self, transforms: tuple[str, ...], rules: list[Rule]) -> None:
+    def __init__(self, transforms: tuple[str, ...], rules: list[Rule], cache: DbCache) -> None:
         self.transforms = transforms
         self.fast = FAST_CHAIN.issuperset(transforms)
         self.lower = bool(LOWERING.intersection(transforms))
@@ -295,35 +340,24 @@ class _Chain:
         self.confirm: dict[int, Any] = {}  # prefiltered id -> RE2 pattern
         self.re2_only: list[tuple[Rule, Any]] = []
         self.skipped: dict[str, str] = {}
-        patterns: list[bytes] = []
-        flags: list[int] = []
-        base = hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_CASELESS | \
-            hyperscan.HS_FLAG_MULTILINE
-        whole: Any = None
-        try:  # the common case: every pattern compiles exactly
-            whole = _compile([r.argument.encode() for r in rx], [base] * len(rx)) if rx \
-                else None
-        except hyperscan.error:
-            pass
-        exact = whole is not None
-        for rule in rx:
-            pat = rule.argument.encode()
-            flag = base
-            if not exact and not _compiles(pat, base):
+        patterns = [r.argument.encode() for r in rx]
+        compiled = cache.get(f"engine; re2 {_re2_version()}", patterns,
+                             [BASE_FLAGS] * len(rx), lambda: _plan(rx, patterns))
+        for rule, flag in zip(rx, compiled.plan, strict=True):
+            if flag != BASE_FLAGS:  # RE2 confirms (prefilter) or runs alone (-1)
                 try:
                     r2 = re2.compile("(?i)" + rule.argument)
                 except re2.error as exc:
+                    if flag != -1:  # ids would shift: the plan was not made here
+                        raise
                     self.skipped[rule.id] = f"pattern not supported: {exc}"
                     continue
-                if not _compiles(pat, base | hyperscan.HS_FLAG_PREFILTER):
+                if flag == -1:
                     self.re2_only.append((rule, r2))
                     continue
-                flag = base | hyperscan.HS_FLAG_PREFILTER
                 self.confirm[len(self.rx)] = r2
             self.rx.append(rule)
-            patterns.append(pat)
-            flags.append(flag)
-        self.db: Any = whole if exact else _compile(patterns, flags) if patterns else None
+        self.db: Any = compiled.db
         self._local = threading.local()
 
     def scratch(self) -> Any:
@@ -361,7 +395,8 @@ class Waf:
         by_chain: dict[tuple[str, ...], list[Rule]] = {}
         for rule in self.rules:
             by_chain.setdefault(check_chain(rule.transforms), []).append(rule)
-        self.chains = [chain_for(t, rs) for t, rs in by_chain.items()]
+        cache = config.cache if config.cache is not None else DbCache.default()
+        self.chains = [_Chain(t, rs, cache) for t, rs in by_chain.items()]
         for chain in self.chains:
             self.skipped.update(chain.skipped)
         self.rules = [r for r in self.rules if r.id not in self.skipped]

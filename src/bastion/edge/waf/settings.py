@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bastion.edge.waf.dbcache import DbCache
 from bastion.edge.waf.engine import COLLECTIONS, Exclusion, Waf, WafConfig
 
 if TYPE_CHECKING:
@@ -56,19 +57,31 @@ def exclusions(settings: Settings) -> list[Exclusion]:
     return out
 
 
+def db_cache(settings: Settings) -> DbCache:
+    """Where compiled databases are kept (``waf_cache_dir``, else ``data_dir/cache/waf``),
+    their key in the data dir; with no data dir yet, ``DbCache.default()`` (nothing is
+    created in the working directory)."""
+    data_dir = settings.data_dir
+    if not data_dir.is_dir():
+        return DbCache(settings.waf_cache_dir) if settings.waf_cache_dir else DbCache.default()
+    return DbCache(settings.waf_cache_dir or data_dir / "cache" / "waf",
+                   key_file=data_dir / "waf-cache.key")
+
+
 def build_waf(settings: Settings) -> Waf:
-    """The engine for ``settings`` (compiles every pattern: build once)."""
+    """The engine for ``settings`` (compiled databases come from ``db_cache``)."""
+    cache = db_cache(settings)
     config = WafConfig(paranoia=settings.waf_paranoia,
                        inbound_threshold=settings.waf_inbound_threshold,
                        body_limit=settings.waf_body_limit,
-                       exclusions=exclusions(settings))
+                       exclusions=exclusions(settings), cache=cache)
     if settings.waf_crs_dir is None:
         return Waf(config)
     from bastion.edge.waf.crs import CombinedWaf, CrsWaf, load_crs
 
     ruleset = load_crs(settings.waf_crs_dir, paranoia=settings.waf_paranoia, tx={
         "inbound_anomaly_score_threshold": str(settings.waf_inbound_threshold)})
-    return CombinedWaf(config, CrsWaf(ruleset, body_limit=settings.waf_body_limit),
+    return CombinedWaf(config, CrsWaf(ruleset, body_limit=settings.waf_body_limit, cache=cache),
                        rulesets=settings.waf_rulesets)
 
 

@@ -7,9 +7,9 @@ disruptive action (``block`` means ``SecDefaultAction``'s). REQUEST-949 compares
 score with the inbound threshold and denies.
 
 ``@rx``/``@pm``/``@pmFromFile`` patterns of a phase are compiled into ONE Hyperscan database
-in prefilter mode; a value is scanned once per request and a rule's RE2 pattern runs only
-when Hyperscan reports its id (a pattern the prefilter rejects runs in RE2 alone). Python's
-``re`` never sees request data.
+in prefilter mode (reused through ``dbcache``); a value is scanned once per request and a
+rule's RE2 pattern runs only when Hyperscan reports its id (a pattern the prefilter rejects
+runs in RE2 alone). Python's ``re`` never sees request data.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from bastion.edge.waf.crs.loader import Ruleset
 from bastion.edge.waf.crs.model import Marker, SecRule, Variable
 from bastion.edge.waf.crs.operators import COMPARE
 from bastion.edge.waf.crs.transforms import find_transform
+from bastion.edge.waf.dbcache import Compiled, DbCache
 from bastion.edge.waf.decode import Decoded, HttpRequest, Refused, decode, parse_pairs, split_target
 from bastion.edge.waf.engine import Match, Verdict, redact
 from bastion.edge.waf.transforms import url_decode
@@ -58,7 +59,7 @@ def _phrases(link: SecRule, base: Path) -> list[str]:
 class _Phase:
     """The patterns of one phase: a Hyperscan prefilter database and each rule's RE2."""
 
-    def __init__(self, links: list[SecRule], base: Path) -> None:
+    def __init__(self, links: list[SecRule], base: Path, cache: DbCache) -> None:
         self.re2: dict[int, Any] = {}  # id(link) -> RE2
         self.pid: dict[int, int] = {}  # id(link) -> Hyperscan id
         patterns: list[bytes] = []
@@ -80,21 +81,11 @@ class _Phase:
             self.pid[id(link)] = len(patterns)
             patterns.append(hs.encode("utf-8", "surrogateescape"))
             flags.append(HS_FLAGS | caseless)
-        ok = _compilable(patterns, flags, 0, len(patterns))
+        compiled = cache.get("crs", patterns, flags, lambda: _subset(patterns, flags))
         order = sorted(self.pid, key=self.pid.__getitem__)
-        self.pid = {}
-        kept: list[int] = []
-        for key, i in zip(order, range(len(patterns)), strict=True):
-            if i in ok:  # the others run in RE2 alone
-                self.pid[key] = len(kept)
-                kept.append(i)
-        patterns, flags = [patterns[i] for i in kept], [flags[i] for i in kept]
-        cache_key = (tuple(patterns), tuple(flags))
-        with _DBS_LOCK:
-            db = _DBS.get(cache_key)
-            if db is None and patterns:
-                db = _DBS[cache_key] = _compile(patterns, flags)
-        self.db = db
+        kept = {i: n for n, i in enumerate(compiled.kept())}  # the others run in RE2 alone
+        self.pid = {key: kept[i] for i, key in enumerate(order) if i in kept}
+        self.db = compiled.db
         self._local = threading.local()
 
     def candidates(self, data: bytes) -> set[int]:
@@ -112,9 +103,14 @@ class _Phase:
         return hits
 
 
-# compiled databases by (patterns, flags): paranoia levels share one rule set's databases
-_DBS: dict[tuple[tuple[bytes, ...], tuple[int, ...]], Any] = {}
-_DBS_LOCK = threading.Lock()
+def _subset(patterns: list[bytes], flags: list[int]) -> Compiled:
+    """One database of the patterns Hyperscan accepts (in prefilter mode); -1 in the plan
+    for the others."""
+    ok = _compilable(patterns, flags, 0, len(patterns))
+    plan = tuple(f if i in ok else -1 for i, f in enumerate(flags))
+    kept = [i for i in range(len(patterns)) if i in ok]
+    db = _compile([patterns[i] for i in kept], [flags[i] for i in kept]) if kept else None
+    return Compiled(db, plan)
 
 
 def _compilable(patterns: list[bytes], flags: list[int], lo: int, hi: int) -> set[int]:
@@ -166,16 +162,19 @@ class _Txn:
 class CrsWaf:
     """A CRS ruleset compiled once; ``inspect`` runs it on one request (thread-safe)."""
 
-    def __init__(self, ruleset: Ruleset, *, body_limit: int = 131_072) -> None:
+    def __init__(self, ruleset: Ruleset, *, body_limit: int = 131_072,
+                 cache: DbCache | None = None) -> None:
+        """``cache``: where compiled databases are reused (None: ``DbCache.default()``)."""
         self.ruleset = ruleset
         self.body_limit = body_limit
+        cache = cache if cache is not None else DbCache.default()
         base = ruleset.files[-1].parent if ruleset.files else ruleset.directory
         self.phases: dict[int, _Phase] = {}
         self.markers: dict[int, dict[str, int]] = {}
         for phase, items in ruleset.phases.items():
             links = [link for r in items if isinstance(r, SecRule) for link in r.links()
                      if link.operator.name in ("rx", "pm", "pmFromFile", "pmf")]
-            self.phases[phase] = _Phase(links, base)
+            self.phases[phase] = _Phase(links, base, cache)
             self.markers[phase] = {m.name: i for i, m in enumerate(items)
                                    if isinstance(m, Marker)}
         self._keys: dict[str, Any] = {}
