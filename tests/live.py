@@ -125,6 +125,8 @@ def start_live_server(tmp: Path, *extra_args: str, env_over: dict[str, str] | No
     url = f"https://localhost:{port}"
     log = tmp / "server.log"
     server = LiveServer(url, data, ca, env, log)
+    if "--workers" not in extra_args:  # serve's default is one per core; tests/test_workers.py
+        extra_args = ("--workers", "1", *extra_args)  # covers several (see its docstring)
     with log.open("wb") as fh:
         server.process = subprocess.Popen(
             [BASTION, "serve", "--data-dir", str(data), "--port", str(port),

@@ -253,6 +253,8 @@ def test_worker_roles_and_counts(tmp_path: Path) -> None:
     assert not Worker(1, 2).leader
     assert worker_count(3) == 3
     assert worker_count(0) == len(os.sched_getaffinity(0))
+    assert worker_count(None) == len(os.sched_getaffinity(0))  # what serve runs by default
+    assert worker_count(None, dev=True) == 1 and worker_count(2, dev=True) == 2
     run = run_dir(tmp_path)
     run.mkdir()
     (run / "kv.sqlite3").write_bytes(b"old")

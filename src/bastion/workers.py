@@ -83,8 +83,11 @@ def reset_run_dir(data_dir: Path) -> None:
             entry.unlink()
 
 
-def worker_count(configured: int) -> int:
-    """``workers``; 0 is one per core this process may run on."""
+def worker_count(configured: int | None, *, dev: bool = False) -> int:
+    """``workers``: 0 is one per core this process may run on, and so is unset, except in
+    development (``dev``), where one process keeps logs and debuggers simple."""
+    if configured is None and dev:
+        return 1
     return configured or max(1, len(os.sched_getaffinity(0)))
 
 

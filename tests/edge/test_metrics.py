@@ -224,8 +224,11 @@ def live(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterat
     config = tmp / "bastion.toml"
     config.write_text(config_toml(upstream, free_port()))
     rules = json.dumps([asdict(r) for r in raised_rate_limits()])
-    yield from start_live_server(tmp, env_over={"BASTION_CONFIG": str(config),
-                                                "BASTION_RATE_LIMIT_RULES": rules})
+    # one worker: these tests count exact moves of one process's series (a scrape shows
+    # the other workers' samples as of their last second; tests/test_workers.py sums them)
+    yield from start_live_server(tmp, "--workers", "1",
+                                 env_over={"BASTION_CONFIG": str(config),
+                                           "BASTION_RATE_LIMIT_RULES": rules})
 
 
 @pytest.fixture(scope="module")

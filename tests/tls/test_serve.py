@@ -39,8 +39,9 @@ def bastion_serve(tmp: Path, *args: str, env: dict[str, str] | None = None,
     log = tmp / f"server-{port}.log"
     bundle = ca or data / "tls" / "ca.pem"
     with log.open("wb") as fh:
+        workers = () if "--workers" in args else ("--workers", "1")  # exact per-process
         process = subprocess.Popen([BASTION, "serve", "--data-dir", str(data), "--port",
-                                    str(port), *args], stdout=fh, stderr=subprocess.STDOUT,
+                                    str(port), *workers, *args], stdout=fh, stderr=subprocess.STDOUT,
                                    env=environ)
     try:
         deadline = time.monotonic() + 60

@@ -99,11 +99,13 @@ def build_record(event_name: str, *, event_time: float | None = None,
                  error_code: str | None = None, error_message: str | None = None,
                  request_id: str | None = None, resources: Sequence[Mapping[str, Any]] = (),
                  additional: Mapping[str, Any] | None = None,
-                 event_id: str | None = None) -> dict[str, Any]:
+                 event_id: str | None = None,
+                 body_out: list[bytes] | None = None) -> dict[str, Any]:
     """A CloudTrail-shaped record for ``event_name`` (ValueError if it is not in the
     catalogue). Every value is sanitised and redacted here; the canonical bytes of the result
     are at most MAX_RECORD_BYTES. As in CloudTrail, optional fields that were not given
-    (errorCode, requestParameters, resources...) are absent rather than null."""
+    (errorCode, requestParameters, resources...) are absent rather than null. ``body_out``
+    receives the record's canonical bytes, already computed here to check its size."""
     et = event_type(event_name)
     if event_time is None:
         event_time = dt.datetime.now(dt.UTC).timestamp()
@@ -136,7 +138,10 @@ def build_record(event_name: str, *, event_time: float | None = None,
         "resources": _resources(resources, budget) or None,
     }
     record.update((k, v) for k, v in optional.items() if v is not None)
-    return _fit(record)
+    record, body = _fit(record)
+    if body_out is not None:
+        body_out.append(body)
+    return record
 
 
 def _mapping(value: object, budget: _Budget) -> dict[str, Any] | None:
@@ -155,12 +160,13 @@ def _resources(value: object, budget: _Budget) -> list[Any]:
     return cleaned if isinstance(cleaned, list) else [cleaned]
 
 
-def _fit(record: dict[str, Any]) -> dict[str, Any]:
+def _fit(record: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
     """Enforce MAX_RECORD_BYTES: the largest parts give way to a note with their size and
-    SHA-256, then identity and free text shrink."""
-    size = len(canonical_bytes(record))
-    if size <= MAX_RECORD_BYTES:
-        return record
+    SHA-256, then identity and free text shrink. Returns the record and its canonical
+    bytes."""
+    body = canonical_bytes(record)
+    if len(body) <= MAX_RECORD_BYTES:
+        return record, body
     parts = sorted((f for f in _SHRINK if record.get(f)),
                    key=lambda f: -len(canonical_json(record[f])))
     for name in parts:
@@ -168,11 +174,12 @@ def _fit(record: dict[str, Any]) -> dict[str, Any]:
         note = {"omitted": f"{name} exceeded the record size cap", "bytes": len(encoded),
                 "sha256": hashlib.sha256(encoded).hexdigest()}
         record[name] = [note] if name == "resources" else note
-        if len(canonical_bytes(record)) <= MAX_RECORD_BYTES:
-            return record
+        body = canonical_bytes(record)
+        if len(body) <= MAX_RECORD_BYTES:
+            return record, body
     ident = record["userIdentity"]
     record["userIdentity"] = {k: _short(ident[k], 256) for k in _IDENTITY_KEYS if k in ident}
     for name, cap in (("errorMessage", 1024), ("userAgent", 512)):
         if record.get(name) is not None:
             record[name] = clean_text(record[name], cap)
-    return record
+    return record, canonical_bytes(record)

@@ -191,8 +191,8 @@ class AuditTrail:
     async def emit(self, event_name: str, **fields: Any) -> dict[str, Any]:
         """Build a record for ``event_name`` (request id, source IP, user agent from the
         current request unless given) and append it durably. Returns the record."""
-        record, event_ms = self._build(event_name, fields)
-        await self.append(record, event_ms=event_ms)
+        record, event_ms, body = self._build(event_name, fields)
+        await self._enqueue(record, event_ms, body)
         return record
 
     async def emit_many(self, events: list[tuple[str, dict[str, Any]]]) -> None:
@@ -200,26 +200,30 @@ class AuditTrail:
         futures = [self._enqueue(*self._build(name, fields)) for name, fields in events]
         await asyncio.gather(*futures)
 
-    def _build(self, event_name: str, fields: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    def _build(self, event_name: str, fields: dict[str, Any]
+               ) -> tuple[dict[str, Any], int, bytes]:
         req = current_request.get()
         if req is not None:
             fields.setdefault("request_id", req.request_id)
             fields.setdefault("source_ip", req.source_ip)
             fields.setdefault("user_agent", req.user_agent)
         fields.setdefault("event_time", time.time())
-        record = build_record(event_name, **fields)
+        body: list[bytes] = []
+        record = build_record(event_name, **fields, body_out=body)
         for observe in self.observers:
             observe(record)
         # the same rounding as the record's eventTime, so --since <eventTime> finds it
-        return record, int(round(fields["event_time"] * 1000))
+        return record, int(round(fields["event_time"] * 1000)), body[0]
 
     async def append(self, record: Mapping[str, Any], *, event_ms: int | None = None) -> None:
         # a cancelled waiter (client gone) cancels only its wait: the record is queued and
         # is written; the flusher skips futures that are already done
         await self._enqueue(record, event_ms)
 
-    def _enqueue(self, record: Mapping[str, Any], event_ms: int | None) -> asyncio.Future[None]:
-        body = canonical_bytes(record)
+    def _enqueue(self, record: Mapping[str, Any], event_ms: int | None,
+                 body: bytes | None = None) -> asyncio.Future[None]:
+        if body is None:
+            body = canonical_bytes(record)
         row = search_columns(body, record, event_ms)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((row, fut))
@@ -340,8 +344,8 @@ class AuditTrail:
         """Record inside the caller's write transaction: the change and its record commit
         together or not at all (for state changes; decisions use ``emit``). The caller's
         transaction must come from this trail's store."""
-        record, event_ms = self._build(event_name, fields)
-        row = search_columns(canonical_bytes(record), record, event_ms)
+        record, event_ms, body = self._build(event_name, fields)
+        row = search_columns(body, record, event_ms)
         try:
             await self._link_and_insert(tx, [row])
         except Exception as exc:  # the whole change rolls back with it: fail closed

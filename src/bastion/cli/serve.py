@@ -54,8 +54,8 @@ def serve(
     dev: Annotated[bool, typer.Option("--dev", help="Plain HTTP on loopback (without "
                                                     "--tls-cert).")] = False,
     workers: Annotated[int | None, typer.Option(
-        min=0, max=64, metavar="N", help="Worker processes on one socket (0: one per "
-        "core; default 1).")] = None,
+        min=0, max=64, metavar="N", help="Worker processes on one socket (default and 0: "
+        "one per core; with --dev: 1).")] = None,
     log_level: Annotated[str, typer.Option(metavar="LEVEL", help="Log level.")] = "info",
 ) -> None:
     """Run the identity provider and the Orders API, over TLS: --tls-cert/--tls-key (hot
@@ -70,7 +70,7 @@ def serve(
     if not settings.https and not is_loopback_host(settings.host):
         err.print("[red]error:[/red] --dev serves plain HTTP on loopback addresses only")
         raise typer.Exit(2)
-    count = worker_count(settings.workers)
+    count = worker_count(settings.workers, dev=settings.dev)
     try:  # TLS (edge/tls.py): tls_cert/tls_key, else a certificate from the internal CA
         served, tls = build_served(settings, demo=demo, worker=Worker(0, count))
     except TlsError as exc:

@@ -29,8 +29,9 @@ from bastion.oauth.refresh import (
 from bastion.store.fast import Reader, Tx
 from bastion.tokens.binding import BOUND_THUMBPRINT
 
-__all__ = ["Family", "Person", "Subject", "create_family", "issue_tokens", "load_subject",
-           "profile_claims", "revoke_families", "revoke_family", "token_hash"]
+__all__ = ["Family", "Person", "Prepared", "Subject", "create_family", "issue_tokens",
+           "load_subject", "prepare_tokens", "profile_claims", "revoke_families",
+           "revoke_family", "store_tokens", "token_hash"]
 
 _SQL_REFRESH_TOKENS = SqlRefreshTokens()
 _SQL_FAMILIES = SqlTokenFamilies()
@@ -118,12 +119,22 @@ async def _deny(provider: Provider, tx: Tx, families: TokenFamilies, ids: list[s
     return len(ids)
 
 
-async def issue_tokens(tx: Tx, provider: Provider, family: Family, client: ClientInfo,
-                       user: Subject, scopes: list[str], *,
-                       nonce: str | None = None,
-                       refresh_tokens: RefreshTokens = _SQL_REFRESH_TOKENS,
-                       families: TokenFamilies = _SQL_FAMILIES) -> dict[str, Any]:
-    """Issue an access token (and refresh / ID tokens where due) inside ``family``."""
+@dataclass(frozen=True)
+class Prepared:
+    """Signed tokens not yet stored (``prepare_tokens``): signing needs no lock, so a grant
+    can do it before its write transaction and hold the database's write lock for less."""
+
+    body: dict[str, Any]
+    family_id: str
+    jti: str
+    access_expires_at: int
+    issued_at: int
+    refresh_hash: str | None
+
+
+def prepare_tokens(provider: Provider, family: Family, client: ClientInfo, user: Subject,
+                   scopes: list[str], *, nonce: str | None = None) -> Prepared:
+    """Sign an access token (and a refresh / ID token where due) inside ``family``."""
     s = provider.settings
     scope = " ".join(scopes)
     extra: dict[str, Any] = {"principal_arn": principal_arn("user", user.username,
@@ -135,12 +146,12 @@ async def issue_tokens(tx: Tx, provider: Provider, family: Family, client: Clien
     access = provider.tokens.access_token(
         subject=user.id, client_id=client.client_id, audience=provider.api_audience,
         scope=scope, ttl=s.access_token_ttl, roles=user.roles, extra=extra)
-    await families.record_access_token(tx, access.jti, family.id, access.expires_at)
     body: dict[str, Any] = {"access_token": access.token, "token_type": "Bearer",
                             "expires_in": s.access_token_ttl, "scope": scope}
+    refresh_hash = None
     if "refresh_token" in client.grant_types:
         refresh = secrets.token_urlsafe(32)
-        await refresh_tokens.add(tx, token_hash(refresh), family.id, access.issued_at)
+        refresh_hash = token_hash(refresh)
         body["refresh_token"] = refresh
     if "openid" in scopes:
         body["id_token"] = provider.tokens.id_token(
@@ -148,7 +159,32 @@ async def issue_tokens(tx: Tx, provider: Provider, family: Family, client: Clien
             auth_time=family.auth_time, nonce=nonce, sid=family.sid, amr=family.amr,
             access_token=access.token,
             extra=profile_claims(user, scopes, set(user.roles))).token
-    return body
+    return Prepared(body, family.id, access.jti, access.expires_at, access.issued_at,
+                    refresh_hash)
+
+
+async def store_tokens(tx: Tx, prepared: Prepared, *,
+                       refresh_tokens: RefreshTokens = _SQL_REFRESH_TOKENS,
+                       families: TokenFamilies = _SQL_FAMILIES) -> dict[str, Any]:
+    """Record prepared tokens in their family (revoking it then denies the access token;
+    the refresh token becomes usable); returns the token response body."""
+    await families.record_access_token(tx, prepared.jti, prepared.family_id,
+                                       prepared.access_expires_at)
+    if prepared.refresh_hash is not None:
+        await refresh_tokens.add(tx, prepared.refresh_hash, prepared.family_id,
+                                 prepared.issued_at)
+    return prepared.body
+
+
+async def issue_tokens(tx: Tx, provider: Provider, family: Family, client: ClientInfo,
+                       user: Subject, scopes: list[str], *,
+                       nonce: str | None = None,
+                       refresh_tokens: RefreshTokens = _SQL_REFRESH_TOKENS,
+                       families: TokenFamilies = _SQL_FAMILIES) -> dict[str, Any]:
+    """Issue an access token (and refresh / ID tokens where due) inside ``family``."""
+    return await store_tokens(tx, prepare_tokens(provider, family, client, user, scopes,
+                                                 nonce=nonce),
+                              refresh_tokens=refresh_tokens, families=families)
 
 
 def profile_claims(user: Person, scopes: list[str], roles: set[str] | frozenset[str]

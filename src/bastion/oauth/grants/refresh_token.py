@@ -10,9 +10,16 @@ import time
 from typing import Any
 
 from bastion.oauth.errors import InvalidGrant, InvalidRequest, OAuthError, UnauthorizedClient
-from bastion.oauth.families import issue_tokens, load_subject, revoke_family, token_hash
+from bastion.oauth.families import (
+    load_subject,
+    prepare_tokens,
+    revoke_family,
+    store_tokens,
+    token_hash,
+)
 from bastion.oauth.grants.base import TokenRequest, narrow_scope
 from bastion.oauth.refresh import (
+    Family,
     RefreshTokens,
     SqlRefreshTokens,
     SqlTokenFamilies,
@@ -38,23 +45,20 @@ class RefreshTokenGrant:
             raise InvalidRequest("refresh_token required")
         h = token_hash(presented)
         now = int(time.time())
+        # Everything that needs no lock happens first, on the read connection: the checks
+        # (so a bad token never waits for the write lock) and signing the new tokens. The
+        # transaction then reads the family and the user again and decides on what it sees:
+        # a change in between (revoked, disabled, new roles) is never missed.
+        seen = _live(await self.tokens.family_of(provider.fast, h), client.client_id, now)
+        scopes = narrow_scope(params.get("scope"), seen.scope.split(" "))
+        seen_user = await load_subject(provider.fast, seen.user_id)
+        prepared = None
+        if seen_user is not None and not seen_user.disabled:
+            prepared = prepare_tokens(provider, seen, client, seen_user, scopes)
         failure: OAuthError | None = None
         body: dict[str, Any] = {}
         async with provider.fast.transaction() as tx:
-            family = await self.tokens.family_of(tx, h)
-            if family is None:
-                raise InvalidGrant("invalid refresh token")
-            if family.client_id != client.client_id:
-                # §6: issued to another client (not the owner's fault: refuse, don't revoke)
-                raise InvalidGrant("invalid refresh token")
-            if family.revoked_at is not None or family.expires_at <= now:
-                raise InvalidGrant("refresh token revoked or expired")
-            if family.cnf_x5t is not None and not hmac.compare_digest(
-                    (BOUND_THUMBPRINT.get() or "").encode(), family.cnf_x5t.encode()):
-                # RFC 8705 §4: without the certificate it is bound to (not the holder's
-                # mistake to punish: refuse, don't revoke)
-                raise InvalidGrant("the refresh token is bound to a client certificate")
-            scopes = narrow_scope(params.get("scope"), family.scope.split(" "))
+            family = _live(await self.tokens.family_of(tx, h), client.client_id, now)
             # atomic: of two concurrent refreshes with one token only one rotates it
             rotated = await self.tokens.rotate(tx, h, now)
             if rotated is None:
@@ -70,8 +74,9 @@ class RefreshTokenGrant:
                 if user is None or user.disabled:
                     failure = InvalidGrant("the user is no longer active")
                 else:
-                    body = await issue_tokens(tx, provider, family, client, user, scopes,
-                                              refresh_tokens=self.tokens,
+                    if prepared is None or user != seen_user or family != seen:
+                        prepared = prepare_tokens(provider, family, client, user, scopes)
+                    body = await store_tokens(tx, prepared, refresh_tokens=self.tokens,
                                               families=self.families)
         if failure is not None:
             if "reuse detected" in (failure.description or ""):
@@ -82,3 +87,21 @@ class RefreshTokenGrant:
                     error_code="invalid_grant", error_message="grant revoked")
             raise failure
         return body
+
+
+def _live(family: Family | None, client_id: str, now: int) -> Family:
+    """``family``, unless a refusal needs no rotation: an unknown token, another client's, a
+    revoked or expired grant, a certificate-bound token without its certificate."""
+    if family is None:
+        raise InvalidGrant("invalid refresh token")
+    if family.client_id != client_id:
+        # §6: issued to another client (not the owner's fault: refuse, don't revoke)
+        raise InvalidGrant("invalid refresh token")
+    if family.revoked_at is not None or family.expires_at <= now:
+        raise InvalidGrant("refresh token revoked or expired")
+    if family.cnf_x5t is not None and not hmac.compare_digest(
+            (BOUND_THUMBPRINT.get() or "").encode(), family.cnf_x5t.encode()):
+        # RFC 8705 §4: without the certificate it is bound to (not the holder's mistake to
+        # punish: refuse, don't revoke)
+        raise InvalidGrant("the refresh token is bound to a client certificate")
+    return family
