@@ -76,8 +76,8 @@ class Settings(BaseSettings):
     workers: int | None = Field(None, ge=0, le=64, description="Processes bastion serve "
                                 "runs on one listening socket; 0 or unset: one per core "
                                 "(unset with dev: 1). Without redis_url they share "
-                         "short-lived state and rate limits through files in data_dir/run; "
-                         "/metrics labels each series with its worker.")
+                                "short-lived state and rate limits through files in "
+                                "data_dir/run; /metrics labels each series with its worker.")
     tls_cert: Path | None = Field(None, description="PEM certificate chain for HTTPS, "
                                   "reloaded when the file changes. Without it (and without "
                                   "dev) Bastion serves a certificate from its internal CA.")

@@ -6,6 +6,7 @@ read of the user, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -108,15 +109,26 @@ async def test_roles_changed_in_between_are_in_the_new_tokens(http, provider, ap
 async def test_an_unchanged_grant_signs_once_outside_the_transaction(http, provider, app,
                                                                     monkeypatch):
     tokens = await tokens_for(http, app, scope=SCOPE)
-    signed: list[bool] = []
-    real = grant.prepare_tokens
+    open_transactions = 0
+    signed_inside: list[int] = []
+    real_transaction, real_prepare = provider.fast.transaction, grant.prepare_tokens
 
-    def counting(*args: Any, **kw: Any) -> Any:
-        signed.append(provider.fast._lock.locked() if hasattr(provider.fast, "_lock")
-                      else False)
-        return real(*args, **kw)
+    @contextlib.asynccontextmanager
+    async def counted() -> Any:
+        nonlocal open_transactions
+        async with real_transaction() as tx:
+            open_transactions += 1
+            try:
+                yield tx
+            finally:
+                open_transactions -= 1
 
-    monkeypatch.setattr(grant, "prepare_tokens", counting)
+    def prepare(*args: Any, **kw: Any) -> Any:
+        signed_inside.append(open_transactions)
+        return real_prepare(*args, **kw)
+
+    monkeypatch.setattr(provider.fast, "transaction", counted)
+    monkeypatch.setattr(grant, "prepare_tokens", prepare)
     r = await refresh(http, app, tokens["refresh_token"])
     assert r.status_code == 200, r.text
-    assert signed == [False]  # once, and not under the write lock
+    assert signed_inside == [0]  # once, and in no write transaction

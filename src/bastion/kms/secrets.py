@@ -186,14 +186,14 @@ COLUMNS = (
 
 async def rewrap_legacy(fast: FastStore, wrapper: SecretWrapper,
                         columns: tuple[Column, ...] = COLUMNS, *,
-                        force: bool = False, audit: Recorder | None = None) -> dict[str, int]:
+                        force: bool = False) -> dict[str, int]:
     """Re-wrap every value still wrapped by the KEK (``0x01``) under the secrets key: the
     same secret, a new wrapping (compare-and-set: a value changed meanwhile is left for the
     next start). A value that does not unwrap (a row someone altered) is left as it is, for
     its reader to refuse. Runs once (a tag on the secrets key records it) unless ``force``.
-    A pass that found KEK-wrapped values is one ``RewrapLegacySecrets`` record in ``audit``
-    (default: the trail of the KMS the wrapper was attached through) with the counts per
-    table, before the tag is set. Returns the count re-wrapped per table."""
+    A pass that found KEK-wrapped values is one ``RewrapLegacySecrets`` record, in the trail
+    of the KMS the wrapper was attached through, with the counts per table, before the tag
+    is set. Returns the count re-wrapped per table."""
     key_id = wrapper.key_id
     if key_id is None:
         raise SecretsUnavailable("the secrets key is not attached")
@@ -226,9 +226,8 @@ async def rewrap_legacy(fast: FastStore, wrapper: SecretWrapper,
         if count:
             log.info("%d %s.%s value(s) moved under %s", count, col.table, col.column, ALIAS)
             done[col.table] = count
-    recorder = audit if audit is not None else wrapper.audit
-    if recorder is not None and (done or left):
-        await recorder.emit(
+    if wrapper.audit is not None and (done or left):
+        await wrapper.audit.emit(
             "RewrapLegacySecrets", user_identity={"type": "Bastion",
                                                   "principalId": "bastion:secrets"},
             resources=[wrapper.resource] if wrapper.resource else (),
